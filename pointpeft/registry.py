@@ -75,3 +75,4 @@ MODELS = Registry("model")
 PEFT_METHODS = Registry("peft method")
 DATASETS = Registry("dataset")
 TRANSFORMS = Registry("transform")
+TASKS = Registry("task")  # what the trainer optimises: classification, mae_pretrain, ...
