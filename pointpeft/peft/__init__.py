@@ -1,0 +1,34 @@
+"""Parameter-efficient fine-tuning, peft style: ``get_peft_model`` / ``print_trainable_parameters`` /
+``save_adapter`` / ``load_adapter`` / ``merge``, for point transformers and timm ViTs alike.
+
+One sub-package (or module) per method, each registering itself in ``pointpeft.registry.PEFT_METHODS``.
+"""
+
+from pointpeft.peft import full  # noqa: F401  (registers full, linear)
+from pointpeft.peft.backbones import BackboneSpec, describe_backbone
+from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, register_method
+from pointpeft.peft.inject import (
+    AuxLossMixin,
+    collect_aux_losses,
+    get_method,
+    get_peft_model,
+    is_peft_model,
+    training_forward,
+    unwrap,
+)
+from pointpeft.peft.state import (
+    adapter_state_dict,
+    load_adapter,
+    merge,
+    print_trainable_parameters,
+    read_adapter_config,
+    save_adapter,
+    trainable_parameter_report,
+)
+
+__all__ = [
+    "AuxLossMixin", "BackboneSpec", "PeftConfig", "PeftMethod", "adapter_state_dict", "build_peft_config",
+    "collect_aux_losses", "describe_backbone", "get_method", "get_peft_model", "is_peft_model", "load_adapter",
+    "merge", "print_trainable_parameters", "read_adapter_config", "register_method", "save_adapter",
+    "trainable_parameter_report", "training_forward", "unwrap",
+]

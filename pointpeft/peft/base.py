@@ -1,0 +1,115 @@
+"""The contract every PEFT method follows, and its checked registration (peft style).
+
+A method is a :class:`PeftMethod` subclass with a :class:`PeftConfig` dataclass. ``get_peft_model`` freezes the whole
+backbone, calls :meth:`PeftMethod.inject` (which adds modules — new parameters are trainable — and hooks), then
+unfreezes the existing parts the method names in :meth:`PeftMethod.trainable_modules` (head, CLS token, norms...).
+Freezing is decided in this one place, never by name substrings in an optimizer builder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from pointpeft.errors import ConfigError
+from pointpeft.registry import PEFT_METHODS
+
+
+@dataclass
+class PeftConfig:
+    """Options shared by every method. Subclasses add their own fields (each with a comment saying what it does)."""
+
+    type: str = ""
+    train_head: bool = True  # the classification head (and its BatchNorm statistics) trains
+    train_cls_token: bool = True  # CLS token (and cls_pos for point transformers) train, as in DAPT/IDPT
+    modules_to_save: list[str] = field(default_factory=list)  # extra module/parameter names to train and save
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Subclasses check their values here and raise ValueError with the field name."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class PeftMethod:
+    """How a method changes a backbone. Stateless apart from ``self.config``."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[PeftConfig]] = PeftConfig
+    #: ``merge`` folds the method into the backbone's weights (LoRA, MoSA...).
+    mergeable: ClassVar[bool] = False
+
+    def __init__(self, config: PeftConfig) -> None:
+        self.config = config
+
+    def inject(self, model: nn.Module, spec: Any) -> None:
+        """Add the method's modules and hooks. New parameters are created trainable."""
+
+    def trainable_modules(self, model: nn.Module, spec: Any) -> list[nn.Module | nn.Parameter]:
+        """Existing parts of the backbone that train (beyond the injected modules)."""
+        parts: list[nn.Module | nn.Parameter] = []
+        if self.config.train_head:
+            parts += spec.head_modules
+        if self.config.train_cls_token:
+            parts += spec.prefix_params
+        for name in self.config.modules_to_save:
+            parts.append(spec.lookup(name))
+        return parts
+
+    def training_forward(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training forward: logits and the method's weighted auxiliary losses (load balance, consistency)."""
+        from pointpeft.peft.inject import collect_aux_losses, unwrap
+
+        logits = model(inputs)
+        return logits, collect_aux_losses(unwrap(model))
+
+    def merge(self, model: nn.Module, spec: Any) -> None:
+        raise ConfigError(f"method {self.name!r} has nothing to merge into the backbone (mergeable: LoRA, MoSA)")
+
+
+def register_method(method_cls: type[PeftMethod]) -> type[PeftMethod]:
+    """Register a method under ``method_cls.name`` (unique, lower case) with its config class; checked."""
+    name = method_cls.name
+    if not name or name != name.lower():
+        raise ValueError(f"PEFT method name must be a non-empty lower-case string, got {name!r}")
+    if not (isinstance(method_cls.config_class, type) and issubclass(method_cls.config_class, PeftConfig)):
+        raise TypeError(f"{method_cls.__name__}.config_class must subclass PeftConfig")
+    PEFT_METHODS.register(name)(method_cls)
+    return method_cls
+
+
+def build_peft_config(config: PeftConfig | Mapping[str, Any] | str) -> PeftConfig:
+    """A PeftConfig from an object, a dict / YAML node naming the method, or just the method's name."""
+    if isinstance(config, PeftConfig):
+        return config
+    if isinstance(config, str):
+        config = {"type": config}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"peft config must be a mapping with a 'type' key, got {type(config).__name__}")
+    node = dict(config)
+    kind = node.get("type") or node.pop("NAME", None)
+    if not kind:
+        raise ConfigError(f"peft config needs a 'type' key; registered methods: {PEFT_METHODS.keys()}")
+    method_cls = PEFT_METHODS.get(kind)
+    node["type"] = method_cls.name
+    cfg_cls = method_cls.config_class
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(node) - names)
+    if unknown:
+        raise ConfigError(f"peft method {kind!r}: unknown key(s) {unknown}; allowed: {sorted(names - {'type'})}")
+    try:
+        return cfg_cls(**node)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"peft method {kind!r}: {e}") from None
+
+
+def method_for(config: PeftConfig) -> PeftMethod:
+    return PEFT_METHODS.get(config.type)(config)

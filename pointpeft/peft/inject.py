@@ -1,0 +1,99 @@
+"""``get_peft_model``: the one entry point that turns a backbone into a PEFT model."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from pointpeft.peft.backbones import BackboneSpec, describe_backbone
+from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, method_for
+from pointpeft.peft.hooks import finish_token_context, install_token_context
+from pointpeft.utils.misc import get_logger
+
+log = get_logger("peft")
+
+
+class AuxLossMixin:
+    """Modules that produce an auxiliary loss in their forward (e.g. SMoA load balancing) expose it here."""
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    cfg = getattr(unwrap(model), "peft_config", None)
+    return cfg is not None and cfg.type != "full"
+
+
+def get_method(model: nn.Module) -> PeftMethod | None:
+    return getattr(unwrap(model), "_peft_method", None)
+
+
+def _peft_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``model.train()`` that keeps frozen normalisation layers in eval mode (their statistics never update)."""
+    nn.Module.train(self, mode)
+    if mode:
+        for m in self._peft_frozen_norms:
+            m.eval()
+    return self
+
+
+def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | str) -> nn.Module:
+    """Inject a PEFT method into ``model`` (in place) and freeze everything it does not train."""
+    cfg = build_peft_config(config)
+    if getattr(model, "peft_config", None) is not None:
+        raise ValueError(f"model already has PEFT method {model.peft_config.type!r}; build a fresh base model")
+    spec: BackboneSpec = describe_backbone(model)
+    method = method_for(cfg)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ctx = install_token_context(spec.blocks) if getattr(method, "adds_tokens", False) else None
+    method.inject(model, spec)
+    if ctx is not None:
+        finish_token_context(spec.blocks, ctx)
+    for part in method.trainable_modules(model, spec):
+        params = [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+        for p in params:
+            p.requires_grad_(True)
+    model.peft_config = cfg
+    model._peft_method = method
+    model._peft_frozen_norms = [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+    ]
+    model.train = types.MethodType(_peft_train, model)
+    model.train(model.training)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ValueError(f"PEFT method {cfg.type!r} left no trainable parameter in {type(model).__name__}")
+    log.info("injected %s into %s (%s)", cfg.type, type(model).__name__, spec.family)
+    return model
+
+
+def collect_aux_losses(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weighted auxiliary losses produced by the last forward, summed over modules of the same kind."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, AuxLossMixin) and id(m) not in seen:
+            seen.add(id(m))
+            for k, v in m.aux_losses().items():
+                out[k] = out[k] + v if k in out else v
+    return out
+
+
+def training_forward(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and weighted auxiliary losses of one training forward; plain ``model(inputs)`` for non-PEFT models."""
+    method = get_method(model)
+    if method is None:
+        return model(inputs), collect_aux_losses(unwrap(model))
+    return method.training_forward(model, inputs)

@@ -1,0 +1,147 @@
+"""Trainable-parameter report, adapter-only save/load (safetensors + JSON), and merging."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import pointpeft
+from pointpeft.errors import CheckpointError
+from pointpeft.peft.backbones import describe_backbone
+from pointpeft.peft.base import build_peft_config
+from pointpeft.peft.inject import get_method, get_peft_model, unwrap
+from pointpeft.utils.io import atomic_write, atomic_write_json
+from pointpeft.utils.misc import get_logger
+
+log = get_logger("peft")
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def trainable_parameter_report(model: nn.Module) -> dict[str, Any]:
+    model = unwrap(model)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / max(total, 1)}
+
+
+def print_trainable_parameters(model: nn.Module) -> str:
+    """Print (and return) ``trainable params: X || all params: Y || trainable%: Z`` like peft does."""
+    r = trainable_parameter_report(model)
+    line = f"trainable params: {r['trainable']:,} || all params: {r['total']:,} || trainable%: {r['percent']:.4f}"
+    print(line)
+    return line
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable tensors plus the buffers of modules that train (e.g. the head's BatchNorm statistics)."""
+    model = unwrap(model)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            out[name] = p.detach()
+    for mod_name, m in model.named_modules():
+        if any(id(p) in trainable for p in m.parameters(recurse=False)):
+            for b_name, b in m.named_buffers(recurse=False):
+                if b_name not in m._non_persistent_buffers_set:
+                    out[f"{mod_name}.{b_name}" if mod_name else b_name] = b.detach()
+    return out
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``adapter.safetensors`` + ``adapter_config.json`` (atomically); nothing of the frozen backbone."""
+    from safetensors.torch import save_file
+
+    model = unwrap(model)
+    cfg = getattr(model, "peft_config", None)
+    if cfg is None:
+        raise ValueError("save_adapter needs a model returned by get_peft_model")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous().cpu().clone() for k, v in adapter_state_dict(model).items()}
+    atomic_write(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    meta = {
+        "peft_config": cfg.to_dict(),
+        "base_model": describe_backbone(model).describe(),
+        "num_tensors": len(tensors),
+        "num_parameters": int(sum(v.numel() for v in tensors.values())),
+        "pointpeft_version": pointpeft.__version__,
+        **(extra or {}),
+    }
+    atomic_write_json(directory / ADAPTER_CONFIG, meta)
+    return directory
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"no adapter config at {path} (expected {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})")
+    try:
+        meta = json.loads(path.read_text())
+        meta["peft_config"]["type"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a pointpeft adapter config ({e})") from None
+    return meta
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Restore an adapter onto a base model (injecting the method first if needed); checks config and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_adapter_config(directory)
+    cfg = build_peft_config(meta["peft_config"])
+    inner = unwrap(model)
+    base = describe_backbone(inner).describe()
+    saved = meta.get("base_model", {})
+    diffs = {k: (saved.get(k), base[k]) for k in ("family", "depth", "embed_dim", "num_heads", "num_classes")
+             if k in saved and saved[k] != base[k]}
+    if diffs:
+        detail = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in diffs.items())
+        raise CheckpointError(f"{directory}: adapter was trained on a different base model ({detail})")
+    if getattr(inner, "peft_config", None) is None:
+        get_peft_model(inner, cfg)
+    elif inner.peft_config.to_dict() != cfg.to_dict():
+        raise CheckpointError(
+            f"{directory}: adapter config {cfg.to_dict()} does not match the model's {inner.peft_config.to_dict()}"
+        )
+    wpath = directory / ADAPTER_WEIGHTS
+    if not wpath.is_file():
+        raise CheckpointError(f"missing adapter weights {wpath}")
+    try:
+        tensors = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{wpath}: corrupt adapter weights ({e})") from None
+    own = inner.state_dict(keep_vars=True)
+    for k, v in tensors.items():
+        if k not in own:
+            raise CheckpointError(f"{wpath}: tensor {k!r} has no place in this model")
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"{wpath}: {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+    expected = set(adapter_state_dict(inner))
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise CheckpointError(f"{wpath}: adapter lacks {len(missing)} trainable tensor(s), e.g. {missing[:3]}")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v.to(own[k].dtype))
+    log.info("loaded adapter %s (%d tensors) from %s", cfg.type, len(tensors), directory)
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold a mergeable method (LoRA, MoSA...) into the backbone weights; same outputs, no extra inference cost."""
+    inner = unwrap(model)
+    method = get_method(inner)
+    if method is None:
+        raise ValueError("merge needs a model returned by get_peft_model")
+    method.merge(inner, describe_backbone(inner))
+    return model
