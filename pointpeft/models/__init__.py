@@ -1,5 +1,6 @@
 """Backbones: Point-MAE / Point-BERT point transformers (and timm ViTs in ``vit.py``)."""
 
+from pointpeft.models.checkpoint import LoadReport, load_pretrained
 from pointpeft.models.point_transformer import (
     ARCHITECTURES,
     PointTransformer,
@@ -7,4 +8,5 @@ from pointpeft.models.point_transformer import (
     build_point_transformer,
 )
 
-__all__ = ["ARCHITECTURES", "PointTransformer", "PointTransformerConfig", "build_point_transformer"]
+__all__ = ["ARCHITECTURES", "LoadReport", "PointTransformer", "PointTransformerConfig", "build_point_transformer",
+           "load_pretrained"]
