@@ -111,7 +111,7 @@ def test_fps_kdline_is_an_approximate_opt_in() -> None:
         return float(d.min(-1).values.mean())
 
     assert spacing(idx) > 0.8 * spacing(exact)
-    assert kdline_height(1024) >= 1 and 2 ** kdline_height(16) <= 16
+    assert (kdline_height(1024), kdline_height(8192), kdline_height(16), kdline_height(10**7)) == (2, 5, 1, 9)
 
 
 @pytest.mark.parametrize("backend", available_fps_backends("cpu"))

@@ -115,8 +115,11 @@ def _fps_fpsample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
 
 
 def kdline_height(n: int) -> int:
-    """Bucket tree height for QuickFPS: fpsample's advice (3 small .. 9 large), capped so 2**h <= n."""
-    return max(1, min(9, int(math.log2(max(n, 2))) - 4))
+    """Bucket tree height for QuickFPS: log2(n) - 8, clamped to [1, 9] (2**h <= n).
+
+    Measured (B=32, 2 threads): N=1024 fastest at h=2 (2.9 ms; h=6: 6.9 ms), N=8192 at h=4-5 (48 ms; h=9: 136 ms).
+    """
+    return max(1, min(9, round(math.log2(max(n, 2))) - 8))
 
 
 def _fps_fpsample_kdline(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
