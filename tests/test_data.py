@@ -355,9 +355,13 @@ def test_scanobjectnn_variants(sonn) -> None:
     sub = build_dataset({"type": "scanobjectnn", "root": str(root / "main_split_nobg"), "variant": "obj_only",
                          "npoints": 32})
     assert sub[0][0].shape == (32, 3)
-    with pytest.raises(DataError, match=r"main_split_nobg/training_objectdataset.h5"):
-        build_dataset({"type": "scanobjectnn", "root": str(root / "main_split"), "variant": "obj_only",
-                       "split": "train"} | {"root": str(root / "elsewhere")})
+    sibling = build_dataset({"type": "scanobjectnn", "root": str(root / "main_split"), "variant": "obj_only",
+                             "npoints": 128})  # the split folder of another variant: found beside it
+    assert torch.equal(sibling[0][0], torch.from_numpy(arrays["obj_only/training"][0]))
+    (root / "main_split_nobg" / "test_objectdataset.h5").unlink()
+    with pytest.raises(DataError, match=r"obj_only test file not found: looked for main_split_nobg/"
+                                        r"test_objectdataset.h5 under .*datasets/README.md"):
+        build_dataset({"type": "scanobjectnn", "root": str(root), "variant": "obj_only", "split": "test"})
 
 
 def test_scanobjectnn_bad_label(tmp_path: Path) -> None:
