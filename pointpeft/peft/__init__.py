@@ -4,7 +4,10 @@
 One sub-package (or module) per method, each registering itself in ``pointpeft.registry.PEFT_METHODS``.
 """
 
-from pointpeft.peft import full  # noqa: F401  (registers full, linear)
+from pointpeft.peft import (
+    adapterx,  # noqa: F401  (registers adapterx)
+    full,  # noqa: F401  (registers full, linear)
+)
 from pointpeft.peft.backbones import BackboneSpec, describe_backbone
 from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, register_method
 from pointpeft.peft.inject import (
