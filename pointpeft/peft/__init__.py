@@ -5,8 +5,11 @@ One sub-package (or module) per method, each registering itself in ``pointpeft.r
 """
 
 from pointpeft.peft import (
+    adapter,  # noqa: F401  (registers adapter, adaptformer)
     adapterx,  # noqa: F401  (registers adapterx)
     full,  # noqa: F401  (registers full, linear)
+    lora,  # noqa: F401  (registers lora)
+    vpt,  # noqa: F401  (registers vpt_deep)
 )
 from pointpeft.peft.backbones import BackboneSpec, describe_backbone
 from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, register_method

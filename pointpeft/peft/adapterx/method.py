@@ -65,8 +65,10 @@ class AdapterX(PeftMethod):
 
     name = "adapterx"
     config_class = AdapterXConfig
-    #: backbone parameters (beyond head and CLS) this method trains, as dotted-name suffixes
-    trains_backbone = ("norm2.weight", "norm2.bias")
+    @property
+    def trains_backbone(self) -> tuple[str, ...]:
+        """Backbone parameters (beyond head and CLS) this method trains, as dotted-name suffixes."""
+        return ("norm2.weight", "norm2.bias") if self.config.train_block_norm else ()
 
     @property
     def adds_tokens(self) -> bool:

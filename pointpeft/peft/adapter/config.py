@@ -1,0 +1,62 @@
+"""Adapter (Houlsby-style, sequential after the FFN) and AdaptFormer (parallel, scaled, beside the FFN) options.
+
+``x_mode: true`` turns either into its "-X" variant (Adapter-X / AdaptFormer-X): the per-block adapter is replaced
+by the shared SMoA + block norm + prompt generator of :mod:`pointpeft.peft.adapterx`, configured by the nested
+``x:`` mapping (keys of :class:`~pointpeft.peft.adapterx.config.XOptions`; ``scale``, ``dropout`` and the position
+default to this method's own values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pointpeft.peft.adapterx.config import XOptions, build_x_options
+from pointpeft.peft.base import PeftConfig
+
+LAYERNORM_OPTIONS = ("none", "in", "out")
+ACTIVATIONS = ("gelu", "relu")
+
+
+@dataclass
+class AdapterConfig(PeftConfig):
+    """``type: adapter``: a bottleneck after every FFN, ``y = ffn(x) + adapter(ffn(x))``."""
+
+    r: int = 8  # bottleneck width (8 on ViT-B/16 = 0.16M params, the VTAB-1k tables' setting)
+    dropout: float = 0.0  # dropout on the bottleneck activations
+    scale: float = 1.0  # the adapter output is multiplied by this
+    learnable_scale: bool = False  # true makes the scale a trained scalar starting at ``scale``
+    layernorm: str = "none"  # none | in (LayerNorm before the down projection) | out (after the up projection)
+    activation: str = "gelu"  # gelu | relu
+    x_mode: bool = False  # the "-X" plug-in: shared SMoA + block norm + prompt generator instead of the adapter
+    x: dict[str, Any] = field(default_factory=dict)  # XOptions overrides used when x_mode is true
+
+    def validate(self) -> None:
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
+            raise ValueError(f"r must be a positive integer, got {self.r!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.layernorm not in LAYERNORM_OPTIONS:
+            raise ValueError(f"layernorm must be one of {list(LAYERNORM_OPTIONS)}, got {self.layernorm!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.x, dict):
+            raise ValueError(f"x must be a mapping of Adapter-X options, got {type(self.x).__name__}")
+        if self.x and not self.x_mode:
+            raise ValueError(f"x options {sorted(self.x)} are given but x_mode is false")
+        self.x_options("sequential")  # validates the x: node (unknown keys, values)
+
+    def x_options(self, position: str) -> XOptions:
+        """The SMoA options of the -X variant: this method's scale/dropout/position under the ``x:`` overrides."""
+        return build_x_options(self.x, {"scale": self.scale, "dropout": self.dropout, "position": position})
+
+
+@dataclass
+class AdaptFormerConfig(AdapterConfig):
+    """``type: adaptformer``: a scaled bottleneck beside every FFN, ``y = ffn(x) + s * adapter(x)``.
+
+    AdaptFormer's paper uses r=64 on video; the VTAB-1k tables (0.16M params) use r=8, the default here.
+    """
+
+    scale: float = 0.1  # AdaptFormer's fixed scale s
+    activation: str = "relu"  # AdaptFormer uses ReLU
