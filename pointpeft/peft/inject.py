@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,13 +37,22 @@ def get_method(model: nn.Module) -> PeftMethod | None:
     return getattr(unwrap(model), "_peft_method", None)
 
 
-def _peft_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    """``model.train()`` that keeps frozen normalisation layers in eval mode (their statistics never update)."""
-    nn.Module.train(self, mode)
-    if mode:
-        for m in self._peft_frozen_norms:
-            m.eval()
-    return self
+class _PeftTrain:
+    """``model.train()`` that keeps frozen normalisation layers in eval mode (their statistics never update).
+
+    A small callable object rather than a function bound with types.MethodType: pickle rebuilds bound methods by
+    name (``getattr(model, "_peft_train")``), which failed, so PEFT models could be pickled but not unpickled.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        nn.Module.train(self.model, mode)
+        if mode:
+            for m in self.model._peft_frozen_norms:
+                m.eval()
+        return self.model
 
 
 def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | str) -> nn.Module:
@@ -70,7 +78,7 @@ def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | st
         m for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
     ]
-    model.train = types.MethodType(_peft_train, model)
+    model.train = _PeftTrain(model)
     model.train(model.training)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
