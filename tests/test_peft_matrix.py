@@ -1,0 +1,163 @@
+"""Every registered PEFT method x both tiny backbones (point transformer, timm ViT): the framework's promises."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from peft_cases import (
+    BACKBONES,
+    CORE_WEIGHTS,
+    allowed_trainable,
+    build_backbone,
+    eval_logits,
+    expectation,
+    loss_of,
+    make_batch,
+    method_config,
+    peft_pair,
+    registered_methods,
+    single_thread,  # noqa: F401  (fixture)
+    train_steps,
+)
+from torch import nn
+
+from pointpeft.errors import ConfigError
+from pointpeft.peft import get_peft_model, is_peft_model, load_adapter, merge, save_adapter
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+METHODS = registered_methods()
+CASES = [(m, b) for m in METHODS for b in BACKBONES]
+IDS = [f"{m}-{b}" for m, b in CASES]
+
+
+@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
+def test_only_expected_params_train_and_get_gradients(name: str, kind: str) -> None:
+    cfg = method_config(name)
+    base, model = peft_pair(kind, cfg)
+    base_names = {n for n, _ in base.named_parameters()}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable, f"{name} trains nothing"
+    if is_peft_model(model):
+        allowed = allowed_trainable(model, base_names, expectation(cfg))
+        extra = [n for n, p in model.named_parameters() if id(p) in trainable - allowed]
+        assert not extra, f"{name} trains backbone parameters it does not declare: {extra[:5]}"
+        core = [n for n, p in model.named_parameters() if p.requires_grad and any(c in n for c in CORE_WEIGHTS)]
+        assert not core, f"{name} trains frozen backbone weights {core[:5]}"
+    else:  # full fine-tuning
+        assert len(trainable) == len(list(model.parameters()))
+    inputs, labels = make_batch(kind)
+    model.train()
+    loss_of(model, inputs, labels).backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name}: trainable {n} got no gradient"
+        else:
+            assert p.grad is None, f"{name}: frozen {n} got a gradient"
+
+
+@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
+def test_optimizer_steps_reduce_loss_and_leave_frozen_weights(name: str, kind: str) -> None:
+    base, model = peft_pair(kind, method_config(name))
+    inputs, labels = make_batch(kind)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        before = nn.functional.cross_entropy(eval_logits(model, inputs), labels).item()
+    train_steps(model, inputs, labels, steps=6, lr=5e-3, weight_decay=0.05)
+    with torch.no_grad():
+        after = nn.functional.cross_entropy(eval_logits(model, inputs), labels).item()
+    assert after < before, f"{name}: loss {before:.4f} -> {after:.4f} on a fixed batch"
+    params = dict(model.named_parameters())
+    for n, v in frozen.items():  # weight decay would move them if they were in the optimizer
+        assert torch.equal(params[n], v), f"{name}: frozen {n} changed"
+    assert any(not torch.equal(params[n], v) for n, v in trained.items())
+
+
+@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
+def test_output_unchanged_at_init_when_zero_initialised(name: str, kind: str) -> None:
+    cfg = method_config(name)
+    if not expectation(cfg).zero_init_output:
+        pytest.skip(f"{name} does not promise an unchanged output at initialisation")
+    base, model = peft_pair(kind, cfg)
+    inputs, _ = make_batch(kind)
+    torch.testing.assert_close(eval_logits(model, inputs), eval_logits(base, inputs), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
+def test_save_then_load_on_fresh_base_gives_same_logits(name: str, kind: str, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    _, model = peft_pair(kind, method_config(name))
+    inputs, labels = make_batch(kind)
+    train_steps(model, inputs, labels, steps=2)
+    expected = eval_logits(model, inputs)
+    save_adapter(model, tmp_path)
+    saved = load_file(str(tmp_path / "adapter.safetensors"))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not frozen & set(saved), f"{name}: adapter file holds frozen tensors {sorted(frozen & set(saved))[:5]}"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable <= set(saved)
+    fresh = build_backbone(kind)
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(eval_logits(fresh, inputs), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
+def test_merge_keeps_logits_or_refuses_clearly(name: str, kind: str) -> None:
+    cfg = method_config(name)
+    base, model = peft_pair(kind, cfg)
+    if not expectation(cfg).mergeable:
+        with pytest.raises((ConfigError, ValueError), match=name):
+            merge(model)
+        return
+    inputs, labels = make_batch(kind)
+    train_steps(model, inputs, labels, steps=2)
+    before = eval_logits(model, inputs)
+    merge(model)
+    torch.testing.assert_close(eval_logits(model, inputs), before, rtol=0, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
+    assert not any(hasattr(m, "peft_adapter") for m in model.modules()), "merged adapters must be removed"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_batchnorm_statistics_follow_trainability(name: str) -> None:
+    """Frozen BatchNorms (tokenizer) keep their running stats in train(); trained ones (head) update them."""
+    _, model = peft_pair("point", method_config(name))
+    stats = {n: (m, m.running_mean.clone()) for n, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert stats
+    inputs, labels = make_batch("point")
+    train_steps(model, inputs, labels, steps=1)
+    for n, (m, mean) in stats.items():
+        frozen = not any(p.requires_grad for p in m.parameters())
+        assert torch.equal(m.running_mean, mean) == frozen, f"{name}: BatchNorm {n} (frozen={frozen})"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_unknown_config_key_names_itself(name: str) -> None:
+    model = build_backbone("vit")
+    with pytest.raises(ConfigError, match="no_such_option"):
+        get_peft_model(model, method_config(name, no_such_option=3))
+    assert getattr(model, "peft_config", None) is None
+
+
+def test_unknown_method_names_itself() -> None:
+    with pytest.raises(ConfigError, match="no_such_method"):
+        get_peft_model(build_backbone("point"), {"type": "no_such_method"})
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+def test_deepcopy_and_pickle_after_training_forward(kind: str) -> None:
+    """Hooks are bound methods, transient graph tensors are dropped: every method's model copies and pickles."""
+    inputs, labels = make_batch(kind)
+    for name in METHODS:
+        _, model = peft_pair(kind, method_config(name))
+        model.train()
+        loss_of(model, inputs, labels)
+        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            torch.testing.assert_close(eval_logits(clone, inputs), eval_logits(model, inputs), rtol=0, atol=0)
+            clone.train()  # the frozen-norm-aware train() survives the copy
+            assert all(not m.training for m in clone._peft_frozen_norms)
