@@ -1,0 +1,54 @@
+"""VPT-deep: prompts per block replacing the previous block's, stripped before the head; VPT's init."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft_cases import build_backbone, make_batch, single_thread, tiny_point  # noqa: F401  (fixture)
+
+from pointpeft.errors import ConfigError
+from pointpeft.peft import get_peft_model, trainable_parameter_report
+from pointpeft.peft.vpt import BlockPrompts
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.mark.parametrize("kind", ["point", "vit"])
+def test_each_block_sees_its_own_prompts_only(kind: str) -> None:
+    model = get_peft_model(build_backbone(kind, depth=3), {"type": "vpt_deep", "num_prompts": 4})
+    blocks = list(model.blocks.blocks if kind == "point" else model.blocks)
+    seen: list[torch.Tensor] = []
+    for block in blocks:  # registered after the method's pre-hook, so it sees the block's real input
+        block.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    inputs, _ = make_batch(kind)
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(inputs)
+    assert [s.shape[1] for s in seen] == [17 + 4] * 3  # replaced, not accumulated
+    for s, block in zip(seen, blocks):
+        torch.testing.assert_close(s[:, -4:], block.peft_prompts.prompts.expand(4, -1, -1))
+    assert feats.shape[1] == 17
+
+
+def test_parameter_count_and_vit_uniform_init() -> None:
+    model = get_peft_model(build_backbone("vit"), {"type": "vpt_deep", "num_prompts": 10})
+    prompts = [m.prompts for m in model.modules() if isinstance(m, BlockPrompts)]
+    assert len(prompts) == 2 and all(p.shape == (1, 10, 192) for p in prompts)
+    v = math.sqrt(6.0 / (3 * 8 * 8 + 192))
+    assert all(p.abs().max() <= v and p.abs().max() > v / 2 for p in prompts)
+    assert trainable_parameter_report(model)["trainable"] == 2 * 10 * 192 + 192 * 5 + 5 + 192
+
+
+def test_point_init_is_trunc_normal() -> None:
+    model = get_peft_model(tiny_point(), {"type": "vpt_deep", "num_prompts": 20, "init_std": 0.02})
+    p = model.blocks.blocks[0].peft_prompts.prompts
+    assert 0.012 < p.std().item() < 0.03
+
+
+def test_bad_values_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="num_prompts"):
+        get_peft_model(tiny_point(), {"type": "vpt_deep", "num_prompts": 0})
+    with pytest.raises(ConfigError, match="init"):
+        get_peft_model(tiny_point(), {"type": "vpt_deep", "init": "xavier"})
