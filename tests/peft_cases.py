@@ -87,6 +87,18 @@ def method_config(name: str, **overrides: Any) -> dict[str, Any]:
     return {"type": name, **MATRIX_CONFIGS.get(name, {}), **overrides}
 
 
+def method_variants() -> list[tuple[str, dict[str, Any]]]:
+    """(label, config) of every registered method, plus ``<name>+x`` (``x_mode: true``) where the config has it."""
+    import dataclasses
+
+    out = []
+    for name in registered_methods():
+        out.append((name, method_config(name)))
+        if "x_mode" in {f.name for f in dataclasses.fields(PEFT_METHODS.get(name).config_class)}:
+            out.append((f"{name}+x", method_config(name, x_mode=True)))
+    return out
+
+
 @dataclass(frozen=True)
 class Expectation:
     zero_init_output: bool

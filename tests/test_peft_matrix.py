@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from peft_cases import (
     loss_of,
     make_batch,
     method_config,
+    method_variants,
     peft_pair,
     registered_methods,
     single_thread,  # noqa: F401  (fixture)
@@ -29,13 +31,13 @@ from pointpeft.peft import get_peft_model, is_peft_model, load_adapter, merge, s
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 METHODS = registered_methods()
-CASES = [(m, b) for m in METHODS for b in BACKBONES]
-IDS = [f"{m}-{b}" for m, b in CASES]
+VARIANTS = method_variants()  # every method, and its x_mode variant where it has one
+CASES = [(label, cfg, b) for label, cfg in VARIANTS for b in BACKBONES]
+IDS = [f"{label}-{b}" for label, _, b in CASES]
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
-def test_only_expected_params_train_and_get_gradients(name: str, kind: str) -> None:
-    cfg = method_config(name)
+@pytest.mark.parametrize(("name", "cfg", "kind"), CASES, ids=IDS)
+def test_only_expected_params_train_and_get_gradients(name: str, cfg: dict, kind: str) -> None:
     base, model = peft_pair(kind, cfg)
     base_names = {n for n, _ in base.named_parameters()}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
@@ -58,9 +60,9 @@ def test_only_expected_params_train_and_get_gradients(name: str, kind: str) -> N
             assert p.grad is None, f"{name}: frozen {n} got a gradient"
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
-def test_optimizer_steps_reduce_loss_and_leave_frozen_weights(name: str, kind: str) -> None:
-    base, model = peft_pair(kind, method_config(name))
+@pytest.mark.parametrize(("name", "cfg", "kind"), CASES, ids=IDS)
+def test_optimizer_steps_reduce_loss_and_leave_frozen_weights(name: str, cfg: dict, kind: str) -> None:
+    base, model = peft_pair(kind, cfg)
     inputs, labels = make_batch(kind)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -76,9 +78,8 @@ def test_optimizer_steps_reduce_loss_and_leave_frozen_weights(name: str, kind: s
     assert any(not torch.equal(params[n], v) for n, v in trained.items())
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
-def test_output_unchanged_at_init_when_zero_initialised(name: str, kind: str) -> None:
-    cfg = method_config(name)
+@pytest.mark.parametrize(("name", "cfg", "kind"), CASES, ids=IDS)
+def test_output_unchanged_at_init_when_zero_initialised(name: str, cfg: dict, kind: str) -> None:
     if not expectation(cfg).zero_init_output:
         pytest.skip(f"{name} does not promise an unchanged output at initialisation")
     base, model = peft_pair(kind, cfg)
@@ -86,11 +87,11 @@ def test_output_unchanged_at_init_when_zero_initialised(name: str, kind: str) ->
     torch.testing.assert_close(eval_logits(model, inputs), eval_logits(base, inputs), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
-def test_save_then_load_on_fresh_base_gives_same_logits(name: str, kind: str, tmp_path) -> None:
+@pytest.mark.parametrize(("name", "cfg", "kind"), CASES, ids=IDS)
+def test_save_then_load_on_fresh_base_gives_same_logits(name: str, cfg: dict, kind: str, tmp_path) -> None:
     from safetensors.torch import load_file
 
-    _, model = peft_pair(kind, method_config(name))
+    _, model = peft_pair(kind, cfg)
     inputs, labels = make_batch(kind)
     train_steps(model, inputs, labels, steps=2)
     expected = eval_logits(model, inputs)
@@ -105,12 +106,11 @@ def test_save_then_load_on_fresh_base_gives_same_logits(name: str, kind: str, tm
     torch.testing.assert_close(eval_logits(fresh, inputs), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES, ids=IDS)
-def test_merge_keeps_logits_or_refuses_clearly(name: str, kind: str) -> None:
-    cfg = method_config(name)
+@pytest.mark.parametrize(("name", "cfg", "kind"), CASES, ids=IDS)
+def test_merge_keeps_logits_or_refuses_clearly(name: str, cfg: dict, kind: str) -> None:
     base, model = peft_pair(kind, cfg)
     if not expectation(cfg).mergeable:
-        with pytest.raises((ConfigError, ValueError), match=name):
+        with pytest.raises((ConfigError, ValueError), match=re.escape(cfg["type"])):
             merge(model)
         return
     inputs, labels = make_batch(kind)
@@ -153,8 +153,8 @@ def test_unknown_method_names_itself() -> None:
 def test_deepcopy_and_pickle_after_training_forward(kind: str) -> None:
     """Hooks are bound methods, transient graph tensors are dropped: every method's model copies and pickles."""
     inputs, labels = make_batch(kind)
-    for name in METHODS:
-        _, model = peft_pair(kind, method_config(name))
+    for _, cfg in VARIANTS:
+        _, model = peft_pair(kind, cfg)
         model.train()
         loss_of(model, inputs, labels)
         for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
