@@ -161,3 +161,15 @@ def test_deepcopy_and_pickle_after_training_forward(kind: str) -> None:
             torch.testing.assert_close(eval_logits(clone, inputs), eval_logits(model, inputs), rtol=0, atol=0)
             clone.train()  # the frozen-norm-aware train() survives the copy
             assert all(not m.training for m in clone._peft_frozen_norms)
+
+
+@pytest.mark.parametrize(("name", "cfg", "kind"), CASES, ids=IDS)
+def test_injected_modules_follow_the_backbone_dtype(name: str, cfg: dict, kind: str) -> None:
+    """Injecting into a model that was already converted (float64 here; a GPU model alike) just works."""
+    model = get_peft_model(build_backbone(kind).double(), cfg)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    inputs, labels = make_batch(kind)
+    model.train()
+    loss = loss_of(model, inputs.double(), labels)
+    assert loss.dtype == torch.float64
+    loss.backward()

@@ -46,7 +46,8 @@ class Adapter(PeftMethod):
         for block in spec.blocks:
             adapter = Bottleneck(spec.embed_dim, cfg.r, cfg.dropout, cfg.scale, cfg.learnable_scale, cfg.layernorm,
                                  cfg.activation)
-            attach_adapter(block.mlp, adapter, self.position)
+            ref = block.mlp.fc1.weight  # the backbone's device and dtype
+            attach_adapter(block.mlp, adapter.to(ref.device, ref.dtype), self.position)
 
     def trainable_modules(self, model: nn.Module, spec: Any) -> list[nn.Module | nn.Parameter]:
         parts = super().trainable_modules(model, spec)

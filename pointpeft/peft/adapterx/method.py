@@ -39,11 +39,13 @@ def attach_smoa(model: nn.Module, spec: Any, opts: XOptions, position: str | Non
     if hasattr(model, SMOA_ATTR):
         raise ValueError(f"{type(model).__name__} already has a shared SMoA at .{SMOA_ATTR}")
     resolved = opts.resolved(spec.family, spec.embed_dim)
-    pool = SMoA(spec.embed_dim, resolved)
+    ref = spec.blocks[0].norm2.weight  # new modules take the backbone's device and dtype
+    pool = SMoA(spec.embed_dim, resolved).to(ref.device, ref.dtype)
     model.add_module(SMOA_ATTR, pool)
     handles = []
     for i, block in enumerate(spec.blocks):
         handle = SMoABlock(pool, i, resolved, prompt=resolved.prompt_generator and i < spec.depth - 1)
+        handle.to(ref.device, ref.dtype)
         attach_adapter(getattr(block, target), handle, position or resolved.position)
         if handle.prompt_generator is not None:
             add_block_hooks(block, post=handle.append_prompt)

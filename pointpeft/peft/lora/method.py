@@ -33,7 +33,7 @@ class Lora(PeftMethod):
         cfg = self.config
         for linear in target_linears(spec, cfg.target_modules):
             branch = LoraBranch(linear.in_features, linear.out_features, cfg.r, cfg.scaling, cfg.dropout)
-            attach_adapter(linear, branch.to(linear.weight.device), "parallel")
+            attach_adapter(linear, branch.to(linear.weight.device, linear.weight.dtype), "parallel")
 
     def merge(self, model: nn.Module, spec: Any) -> None:
         """``W += scaling * B @ A`` for every LoRA branch, then remove the branches and their hooks."""

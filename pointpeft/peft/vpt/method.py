@@ -42,5 +42,6 @@ class VptDeep(PeftMethod):
                 nn.init.uniform_(prompts.prompts, -v, v)
             else:
                 nn.init.trunc_normal_(prompts.prompts, std=cfg.init_std)
-            block.add_module("peft_prompts", prompts)
+            ref = block.norm1.weight  # the backbone's device and dtype
+            block.add_module("peft_prompts", prompts.to(ref.device, ref.dtype))
             add_block_hooks(block, pre=prompts.insert)
