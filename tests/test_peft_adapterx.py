@@ -207,9 +207,11 @@ def test_prompt_generator_formula_and_gelu_flag() -> None:
         torch.testing.assert_close(out[:, :-1], x)
 
 
-def test_no_prompt_generator_keeps_output_at_init() -> None:
+@pytest.mark.parametrize("merge_proj", [False, True])
+def test_no_prompt_generator_keeps_output_at_init(merge_proj: bool) -> None:
     base = tiny_point()
-    model = get_peft_model(copy.deepcopy(base), {"type": "adapterx", "prompt_generator": False})
+    cfg = {"type": "adapterx", "prompt_generator": False, "merge_proj": merge_proj}
+    model = get_peft_model(copy.deepcopy(base), cfg)
     inputs, _ = make_batch("point")
     torch.testing.assert_close(eval_logits(model, inputs), eval_logits(base, inputs), rtol=0, atol=1e-6)
 

@@ -110,6 +110,8 @@ class SMoA(nn.Module):
         self.experts = ExpertPool(opts.num_experts, self.sub_dim, opts.bottleneck, opts.scale, opts.dropout)
         self.router = self.make_router() if opts.router == "shared" else None
         self.merge = nn.Linear(embed_dim, embed_dim) if opts.merge_proj else None
+        if self.merge is not None:
+            nn.init.zeros_(self.merge.bias)  # zero experts -> zero output at init, with the projection too
 
     def make_router(self) -> CosineRouter:
         o = self.opts
