@@ -99,9 +99,11 @@ def _probe(ftr: np.ndarray, ytr: np.ndarray, fte: np.ndarray, yte: np.ndarray) -
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return float(clf.fit(ftr, ytr).score(fte, yte))
+    with threadpool_limits(1):  # BLAS threads beyond the 2 cores made this fit 500x slower
+        return float(clf.fit(ftr, ytr).score(fte, yte))
 
 
 def _invariant_features(p: np.ndarray) -> np.ndarray:
