@@ -1,6 +1,7 @@
 """Backbones: Point-MAE / Point-BERT point transformers (and timm ViTs in ``vit.py``)."""
 
 from pointpeft.models.checkpoint import LoadReport, load_pretrained
+from pointpeft.models.mae import PointMAE, build_point_mae_pretrain, export_pretrain_checkpoint
 from pointpeft.models.point_transformer import (
     ARCHITECTURES,
     PointTransformer,
@@ -8,5 +9,5 @@ from pointpeft.models.point_transformer import (
     build_point_transformer,
 )
 
-__all__ = ["ARCHITECTURES", "LoadReport", "PointTransformer", "PointTransformerConfig", "build_point_transformer",
-           "load_pretrained"]
+__all__ = ["ARCHITECTURES", "LoadReport", "PointMAE", "PointTransformer", "PointTransformerConfig",
+           "build_point_mae_pretrain", "build_point_transformer", "export_pretrain_checkpoint", "load_pretrained"]
