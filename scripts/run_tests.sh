@@ -3,7 +3,7 @@
 set -uo pipefail
 PY=${1:-.venv/bin/python}
 # scikit-learn's BLAS oversubscribes 2 cores badly (500x slower fits); torch keeps its own threads.
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 echo "[test] ruff check"
 "$PY" -m ruff check pointpeft tools tests scripts datasets || exit 1
 echo "[test] pytest"
