@@ -8,6 +8,9 @@ from pointpeft.models.point_transformer import (
     PointTransformerConfig,
     build_point_transformer,
 )
+from pointpeft.models.vit import VIT_PRESETS, build_vit, load_vit_weights
 
 __all__ = ["ARCHITECTURES", "LoadReport", "PointMAE", "PointTransformer", "PointTransformerConfig",
-           "build_point_mae_pretrain", "build_point_transformer", "export_pretrain_checkpoint", "load_pretrained"]
+           "VIT_PRESETS",
+           "build_point_mae_pretrain", "build_point_transformer", "build_vit", "export_pretrain_checkpoint",
+           "load_pretrained", "load_vit_weights"]
