@@ -141,9 +141,7 @@ def build_vit(name: str = "vit_base_patch16_224", num_classes: int = 100, weight
     return model
 
 
-@MODELS.register("vit")
-def _build_vit_from_config(**kwargs: Any) -> nn.Module:
-    return build_vit(**kwargs)
+MODELS.register("vit")(build_vit)  # the signature is the config schema: a misspelled key is a ConfigError
 
 
 # ---------------------------------------------------------------------------------------------------------------
