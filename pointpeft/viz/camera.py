@@ -54,9 +54,20 @@ def camera_rotation(elev: float, azim: float) -> np.ndarray:
     return np.stack([right, up, back])
 
 
-def camera_frame(points: np.ndarray, view: View) -> np.ndarray:
-    """Points in the camera frame of ``view`` (x right, y up, looking down -z), centred on their bounding box."""
+def camera_frame(points: np.ndarray, view: View, centre: np.ndarray | None = None) -> np.ndarray:
+    """Points in the camera frame of ``view`` (x right, y up, looking down -z), centred on ``centre`` (z-up
+    coordinates; default: the middle of their own bounding box)."""
     p = to_z_up(points, view.up)
-    if len(p):
-        p = p - (p.min(axis=0) + p.max(axis=0)) / 2
+    if centre is None and len(p):
+        centre = (p.min(axis=0) + p.max(axis=0)) / 2
+    if centre is not None:
+        p = p - centre
     return p @ camera_rotation(view.elev, view.azim).T
+
+
+def common_box(clouds: list[np.ndarray], up: str = "z") -> tuple[np.ndarray, float]:
+    """(centre, half of the largest side) of the z-up bounding box around all ``clouds``: one frame for panels
+    that must share a scale (input vs reconstruction)."""
+    pts = np.concatenate([to_z_up(c, up) for c in clouds])
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-9)

@@ -12,9 +12,10 @@ from pointpeft.viz.camera import View, to_z_up
 
 
 def render_matplotlib(points: np.ndarray, colors: np.ndarray, width: int, height: int, view: View | None = None,
-                      point_size: float = 3.0, background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-                      ) -> np.ndarray:
-    """One cloud -> (height, width, 3) uint8 image. ``point_size`` is in pixels, like Open3D's."""
+                      point_size: float = 3.0, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      box: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+    """One cloud -> (height, width, 3) uint8 image. ``point_size`` is in pixels, like Open3D's; ``box`` =
+    (centre, half side) in z-up coordinates fixes the frame (default: the cloud's own bounding cube)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -25,8 +26,10 @@ def render_matplotlib(points: np.ndarray, colors: np.ndarray, width: int, height
     ax = fig.add_axes((0, 0, 1, 1), projection="3d", facecolor=background)
     p = to_z_up(points, view.up)
     if len(p):
-        lo, hi = p.min(axis=0), p.max(axis=0)
-        centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-9)
+        if box is None:
+            lo, hi = p.min(axis=0), p.max(axis=0)
+            box = ((lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-9))
+        centre, half = box
         ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=np.clip(colors, 0, 1), s=(point_size * 72.0 / dpi) ** 2 * 1.6,
                    marker="o", linewidths=0, depthshade=False)
         for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre):

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 from pointpeft.errors import InputError
 from pointpeft.utils.io import atomic_write
 from pointpeft.utils.misc import get_logger
-from pointpeft.viz.camera import View, camera_frame
+from pointpeft.viz.camera import View, camera_frame, common_box
 from pointpeft.viz.colors import height_colors
 from pointpeft.viz.fallback import render_matplotlib
 
@@ -183,20 +184,53 @@ def _render_open3d(clouds: list[np.ndarray], colors: list[np.ndarray], width: in
     return images
 
 
+def _scale_groups(same_scale: bool | Sequence[int], n: int) -> list[int] | None:
+    if same_scale is True:
+        return [0] * n
+    if same_scale is False or same_scale is None:
+        return None
+    groups = [int(g) for g in same_scale]
+    if len(groups) != n:
+        raise InputError(f"same_scale: {len(groups)} group ids for {n} panels")
+    return groups
+
+
 def render_images(panels: list[Panel], width: int = 320, height: int = 320, view: View | None = None,
                   point_size: float | None = None, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                  backend: str = "auto") -> list[np.ndarray]:
-    """One (height, width, 3) uint8 image per panel, all from the same camera ``view``."""
+                  backend: str = "auto", same_scale: bool | Sequence[int] = False) -> list[np.ndarray]:
+    """One (height, width, 3) uint8 image per panel, all from the same camera ``view``.
+
+    ``same_scale=True`` frames every panel with one box around all their clouds, so sizes and positions compare
+    (e.g. a masked input and its reconstruction); a list of group ids (one per panel) shares a frame within each
+    group only; by default each cloud fills its own panel."""
     view = view or View()
     point_size = point_size or default_point_size(width)
     colors = [_colors_of(p, view) for p in panels]
+    groups = _scale_groups(same_scale, len(panels))
+    boxes: list[tuple[np.ndarray, float] | None] = [None] * len(panels)
+    if groups is not None:
+        for g in set(groups):
+            members = [k for k, gk in enumerate(groups) if gk == g]
+            box = common_box([panels[k].points for k in members], view.up)
+            for k in members:
+                boxes[k] = box
     if resolve_backend(backend) == "open3d":
-        clouds = [camera_frame(p.points, view) for p in panels]
-        images = _render_open3d(clouds, colors, width, height, point_size, background)
+        clouds = [camera_frame(p.points, view, b[0] if b is not None else None) for p, b in zip(panels, boxes)]
+        o3d_colors = list(colors)
+        if groups is not None:  # Open3D frames a cloud by its bounding box: give the clouds of a group the same
+            # one with two background-coloured points at its corners (they land in the image corners)
+            for g in set(groups):
+                members = [k for k, gk in enumerate(groups) if gk == g]
+                lo = np.min([clouds[k].min(axis=0) for k in members], axis=0)
+                hi = np.max([clouds[k].max(axis=0) for k in members], axis=0)
+                for k in members:
+                    clouds[k] = np.concatenate([clouds[k], lo[None], hi[None]])
+                    o3d_colors[k] = np.concatenate([colors[k], np.tile(background, (2, 1))])
+        images = _render_open3d(clouds, o3d_colors, width, height, point_size, background)
         if images is not None:
             return images
-    return [render_matplotlib(p.points, c, width, height, view, point_size, background)
-            for p, c in zip(panels, colors)]
+    return [render_matplotlib(p.points, c, width, height, view, point_size, background, b)
+            for p, c, b in zip(panels, colors, boxes)]
 
 
 # -- composition -----------------------------------------------------------------------------------------------
@@ -323,14 +357,16 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
 def render_panels(panels: list[Panel], out: str | os.PathLike | None = None, *, ncols: int | None = None,
                   panel_size: tuple[int, int] = (320, 320), view: View | None = None,
                   point_size: float | None = None, legend: list[tuple[str, tuple[float, float, float]]] | None = None,
-                  suptitle: str | None = None, backend: str = "auto") -> np.ndarray:
-    """Render every panel from the same view, tile them with titles (+ legend), save to ``out`` (PNG) if given."""
+                  suptitle: str | None = None, backend: str = "auto",
+                  same_scale: bool | Sequence[int] = False) -> np.ndarray:
+    """Render every panel from the same view, tile them with titles (+ legend), save to ``out`` (PNG) if given.
+    ``same_scale``: one frame for all panels (see :func:`render_images`)."""
     if not panels:
         raise InputError("nothing to draw: no panels")
     w, h = (int(v) for v in panel_size)
     if w < 16 or h < 16:
         raise InputError(f"panel_size must be at least 16x16 pixels, got {panel_size}")
-    images = render_images(panels, w, h, view, point_size, backend=backend)
+    images = render_images(panels, w, h, view, point_size, backend=backend, same_scale=same_scale)
     img = compose(images, [p.title for p in panels], [p.title_color for p in panels], ncols, legend, suptitle)
     if out is not None:
         save_png(img, out)
