@@ -1,8 +1,8 @@
 """Point-MAE / Point-BERT tokenizer: FPS centres + kNN patches (``Group``) and the mini-PointNet (``Encoder``).
 
 Parameter names and shapes are the official ones (``first_conv.{0,1,3}``, ``second_conv.{0,1,3}``) so released
-checkpoints load unchanged; the 1x1 convolutions are computed as GEMMs on channels-last input (same numbers,
-faster on CPU).
+checkpoints load unchanged; the 1x1 convolutions are computed as GEMMs on channels-last rows, rearranged to skip
+work (see :class:`Encoder`), with the same numbers up to float rounding.
 """
 
 from __future__ import annotations
@@ -58,17 +58,61 @@ class Group(nn.Module):
         return f"num_group={self.num_group}, group_size={self.group_size}, backend={self.backend!r}"
 
 
-def _pointwise(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+def _bn_fold(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(x))`` as one affine map; valid while ``bn`` uses running statistics.
+
+    Differentiable in the conv/BN parameters, so it is also used when they train with the BN in eval mode.
+    """
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight.squeeze(-1) * scale.unsqueeze(-1)
+    bias = (conv.bias - bn.running_mean) * scale + bn.bias
+    return weight, bias
 
 
-def _bn(x: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:
-    shape = x.shape
-    return bn(x.reshape(-1, shape[-1])).reshape(shape)
+def _max_pool(x: torch.Tensor) -> torch.Tensor:
+    """Max over dim 1. ``amax`` is faster without autograd; with it, ``max`` has the cheaper backward (a scatter
+    to the arg-max instead of amax's equality mask over the whole input)."""
+    return x.max(dim=1).values if x.requires_grad else x.amax(dim=1)
+
+
+def _uses_batch_stats(bn: nn.BatchNorm1d) -> bool:
+    return bn.training or bn.running_mean is None
+
+
+def _linear_bn_relu(x: torch.Tensor, conv: nn.Conv1d, bn: nn.BatchNorm1d) -> torch.Tensor:
+    """relu(bn(conv(x))) on rows ``x`` (n, C_in): the BN is folded into the GEMM unless it needs batch statistics."""
+    if _uses_batch_stats(bn):
+        h = F.batch_norm(F.linear(x, conv.weight.squeeze(-1), conv.bias), bn.running_mean, bn.running_var,
+                         bn.weight, bn.bias, True, _bn_momentum(bn), bn.eps)
+        _count_batch(bn)
+    else:
+        h = F.linear(x, *_bn_fold(conv, bn))
+    return h.relu_()
+
+
+def _bn_momentum(bn: nn.BatchNorm1d) -> float:
+    if bn.momentum is not None:
+        return bn.momentum
+    return 1.0 / float(bn.num_batches_tracked + 1)  # cumulative moving average, as nn.BatchNorm1d
+
+
+def _count_batch(bn: nn.BatchNorm1d) -> None:
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
 
 
 class Encoder(nn.Module):
-    """Mini-PointNet: shared MLP, max-pool, concat the global feature, shared MLP, max-pool -> one token a patch."""
+    """Mini-PointNet: shared MLP, max-pool, concat the global feature, shared MLP, max-pool -> one token a patch.
+
+    Computed as GEMMs on channels-last rows with the same numbers as the official Conv1d stack (up to float
+    rounding), rearranged to skip work (profiled on CPU, B=32 x 64 groups x 32 points = 65,536 rows):
+
+    * ``second_conv.0`` acts on ``cat([global, local])``; its weight is split so the global half is applied once per
+      group (G rows) instead of once per point, and the (rows, 512) concat is never built (-26% of the FLOPs);
+    * biases that feed a max-pool are added after the max (exact: adding a constant keeps the maximum);
+    * a BatchNorm using running statistics (eval mode, or frozen by a PEFT method) is folded into its GEMM;
+    * ReLUs run in place.
+    """
 
     def __init__(self, encoder_channel: int) -> None:
         super().__init__()
@@ -83,11 +127,26 @@ class Encoder(nn.Module):
     def forward(self, point_groups: torch.Tensor) -> torch.Tensor:
         """point_groups (B, G, M, 3) -> tokens (B, G, encoder_channel)."""
         B, G, M, _ = point_groups.shape
-        x = point_groups.reshape(B * G, M, 3)
         f1, b1, _, f2 = self.first_conv
-        x = _pointwise(F.relu(_bn(_pointwise(x, f1), b1)), f2)  # (BG, M, 256)
-        glob = x.max(dim=1, keepdim=True).values
-        x = torch.cat([glob.expand(-1, M, -1), x], dim=-1)  # (BG, M, 512)
         s1, b2, _, s2 = self.second_conv
-        x = _pointwise(F.relu(_bn(_pointwise(x, s1), b2)), s2)
-        return x.max(dim=1).values.reshape(B, G, self.encoder_channel)
+        half = f2.out_channels  # width of the local feature (256); the global feature has the same width
+        h = _linear_bn_relu(point_groups.reshape(B * G * M, 3), f1, b1)  # (BGM, 128)
+        local = F.linear(h, f2.weight.squeeze(-1))  # (BGM, 256), f2's bias folded below
+        glob = _max_pool(local.view(B * G, M, half)) + f2.bias  # (BG, 256) = max-pool of conv(x) + bias
+        w_glob, w_local = s1.weight.squeeze(-1).split([half, half], dim=1)
+        if _uses_batch_stats(b2):
+            w_l, w_g, bias = w_local, w_glob, s1.bias
+        else:
+            w_all, bias = _bn_fold(s1, b2)
+            w_g, w_l = w_all.split([half, half], dim=1)
+        # s1(cat[glob, local + f2.bias]) = local @ w_l^T + (glob @ w_g^T + f2.bias @ w_l^T + bias)
+        per_group = F.linear(glob, w_g, torch.addmv(bias, w_l, f2.bias))  # (BG, 512)
+        pre = F.linear(local, w_l)  # (BGM, 512)
+        pre.view(B * G, M, -1).add_(per_group.unsqueeze(1).to(pre.dtype))
+        if _uses_batch_stats(b2):
+            pre = F.batch_norm(pre, b2.running_mean, b2.running_var, b2.weight, b2.bias, True, _bn_momentum(b2),
+                               b2.eps)
+            _count_batch(b2)
+        h = pre.relu_()
+        out = _max_pool(F.linear(h, s2.weight.squeeze(-1)).view(B * G, M, -1)) + s2.bias
+        return out.reshape(B, G, self.encoder_channel)

@@ -1,0 +1,76 @@
+"""The mini-PointNet Encoder's rearranged GEMMs (split global/local weight, bias after max-pool, folded BatchNorm)
+give the official Conv1d stack's outputs, gradients and BatchNorm statistics."""
+
+import copy
+
+import pytest
+import torch
+
+from pointpeft.models import build_point_transformer
+
+
+def conv1d_reference(enc, groups):
+    """The official Point-MAE Encoder forward (Conv1d on channels-first, concat of the global feature)."""
+    B, G, M, _ = groups.shape
+    x = groups.reshape(B * G, M, 3).transpose(2, 1)
+    f = enc.first_conv(x)
+    f = torch.cat([f.max(2, keepdim=True).values.expand(-1, -1, M), f], 1)
+    return enc.second_conv(f).max(2).values.reshape(B, G, -1)
+
+
+def make_encoder(name="point_mae_tiny"):
+    torch.manual_seed(0)
+    enc = build_point_transformer(name, num_classes=3).encoder
+    with torch.no_grad():
+        for bn in (enc.first_conv[1], enc.second_conv[1]):
+            bn.running_mean.normal_(0, 0.1)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0, 0.1)
+        for conv in (enc.first_conv[0], enc.first_conv[3], enc.second_conv[0], enc.second_conv[3]):
+            conv.bias.normal_(0, 0.1)
+    return enc
+
+
+@pytest.mark.parametrize("name", ["point_mae_tiny", "point_bert_small"])
+def test_eval_mode_folded_batchnorm_matches_conv1d(name):
+    enc = make_encoder(name).eval()
+    g = torch.randn(2, 6, 8, 3)
+    with torch.no_grad():
+        out, ref = enc(g), conv1d_reference(enc, g)
+    assert out.shape == ref.shape == (2, 6, enc.encoder_channel)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_train_mode_outputs_grads_and_running_stats_match(momentum):
+    enc = make_encoder()
+    for bn in (enc.first_conv[1], enc.second_conv[1]):
+        bn.momentum = momentum
+    fast, ref = copy.deepcopy(enc).train(), copy.deepcopy(enc).train()
+    g = torch.randn(3, 5, 8, 3)
+    w = torch.randn(3, 5, enc.encoder_channel)
+    for _ in range(2):  # twice: the cumulative average (momentum None) depends on num_batches_tracked
+        o1, o2 = fast(g), conv1d_reference(ref, g)
+        assert torch.allclose(o1, o2, atol=1e-5, rtol=1e-5)
+    (o1 * w).sum().backward()
+    (o2 * w).sum().backward()
+    # Biases feeding a train-mode BN have mathematically zero gradients (the BN removes the mean), so compare all
+    # gradients against the largest one rather than element by element.
+    scale = max(p.grad.abs().max() for p in ref.parameters())
+    for (name, p1), (_, p2) in zip(fast.named_parameters(), ref.named_parameters()):
+        err = (p1.grad - p2.grad).abs().max() / scale
+        assert err < 1e-5, (name, float(err))
+    for (name, b1), (_, b2) in zip(fast.named_buffers(), ref.named_buffers()):
+        assert torch.allclose(b1.float(), b2.float(), atol=1e-6), name
+
+
+def test_frozen_batchnorm_with_trainable_convs_gets_gradients_through_the_fold():
+    enc = make_encoder().eval()
+    fast, ref = copy.deepcopy(enc), copy.deepcopy(enc)
+    g = torch.randn(2, 4, 8, 3)
+    fast(g).square().sum().backward()
+    conv1d_reference(ref, g).square().sum().backward()
+    for (name, p1), (_, p2) in zip(fast.named_parameters(), ref.named_parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-5, rtol=1e-4), name
+    assert torch.equal(fast.first_conv[1].running_mean, enc.first_conv[1].running_mean)  # eval: stats untouched
