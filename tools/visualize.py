@@ -173,7 +173,11 @@ def dataset_node(args: argparse.Namespace, cfg: Mapping[str, Any] | None) -> dic
         if isinstance(sub, Mapping):
             sub = sub.get("dataset", sub)
             if isinstance(sub, Mapping) and ("type" in sub or "NAME" in sub):
-                return dict(sub)
+                node = dict(sub)
+                kind = str(node.get("type") or node.get("NAME"))
+                if "split" not in node and key != "val" and _accepts(kind, "split"):
+                    node["split"] = args.split  # data.test without a split key means the test split
+                return node
     if "type" in data:
         return {**data, "split": args.split}
     raise ConfigError(f"config data section has no {args.split!r} data set (keys: {sorted(data)}); "
@@ -205,12 +209,15 @@ def _accepts(kind: str, arg: str) -> bool:
 
 
 def load_samples(args: argparse.Namespace, cfg: Mapping[str, Any] | None, npoints: int | None,
-                 normalize: bool, default_num: int = 1) -> tuple[list[Sample], list[str] | None]:
-    """(the clouds named on the command line, the data set's class names or None for files)."""
+                 normalize: bool, default_num: int = 1, mesh_points: int | None = None
+                 ) -> tuple[list[Sample], list[str] | None]:
+    """(the clouds named on the command line, the data set's class names or None for files). ``npoints``
+    resamples every cloud; ``mesh_points`` only sets how many points a mesh file is sampled to."""
     if args.file:
         out = []
         for f in args.file:
-            pts, cols = load_points(f, num_points=npoints, seed=args.seed, normalize=normalize)
+            pts, cols = load_points(f, num_points=npoints, seed=args.seed, normalize=normalize,
+                                    mesh_points=mesh_points)
             out.append(Sample(pts, None, Path(f).name, cols))
         return out, None
     node = dataset_node(args, cfg)
@@ -310,8 +317,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _panels_cloud(args: argparse.Namespace) -> tuple[list[Panel], list]:
     cfg = _config(args)
-    npoints = args.npoints or (2048 if args.file else None)
-    samples, _ = load_samples(args, cfg, npoints, normalize=False, default_num=1)
+    samples, _ = load_samples(args, cfg, args.npoints, normalize=False, default_num=1, mesh_points=2048)
     panels = [Panel(s.points, s.colors, f"{s.title} ({len(s.points)} pts)") for s in samples]
     return panels, []
 

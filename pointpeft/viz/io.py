@@ -440,11 +440,11 @@ def read_cloud(path: str | os.PathLike) -> CloudFile:
 
 
 def load_points(path: str | os.PathLike, num_points: int | None = None, seed: int = 0,
-                normalize: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                normalize: bool = False, mesh_points: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(points (N, 3) float32, colours or None) from a cloud or mesh file.
 
-    Meshes are sampled on their surface (``num_points``, default 8192, uniformly by area; the file's colours do not
-    apply). Point files keep all their points unless ``num_points`` is given, then farthest point sampling picks
+    Meshes are sampled on their surface uniformly by area (``num_points``, else ``mesh_points``, else 8192; the
+    file's colours do not apply). Point files keep all their points unless ``num_points`` is given, then farthest point sampling picks
     that many (an error if the file has fewer). ``normalize`` centres and scales to the unit sphere, as models expect.
     """
     from pointpeft.data.base import fps_indices, pc_normalize
@@ -452,7 +452,7 @@ def load_points(path: str | os.PathLike, num_points: int | None = None, seed: in
     f = read_cloud(path)
     colors = f.colors
     if f.is_mesh:
-        pts = sample_mesh_surface(f.points, f.faces, num_points or 8192, seed=seed, source=f.source)
+        pts = sample_mesh_surface(f.points, f.faces, num_points or mesh_points or 8192, seed=seed, source=f.source)
         colors = None
     else:
         pts = f.points

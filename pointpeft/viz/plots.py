@@ -316,7 +316,8 @@ def plot_accuracy_vs_params(points: Sequence[ParamPoint], out: str | os.PathLike
     if len(totals) == 1:
         total = totals.pop()
         sec = ax.secondary_xaxis("top", functions=(lambda v: v / total * 100, lambda v: v * total / 100))
-        sec.set_xlabel(f"% of the full model ({human_count(total)} parameters)")
+        sec.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+        sec.set_xlabel(f"share of the full model ({human_count(total)} parameters)")
     ax.set_title(title or "accuracy vs trainable parameters", fontsize=11)
     return save_figure(fig, out)
 
@@ -415,13 +416,13 @@ def plot_fewshot_table(rows: Mapping[str, Mapping[str, tuple[float, float | None
             m, sd = rows[n][s]
             line.append(f"{m:.1f} ± {sd:.1f}" if sd is not None else f"{m:.1f}")
         cells.append(line)
-    fig, _ = _new_figure((1.9 + 1.55 * len(settings), 0.9 + 0.36 * (len(names) + 1)))
+    fig, _ = _new_figure((2.4 + 1.55 * len(settings), 0.55 + 0.32 * (len(names) + 1)))
     ax = fig.add_subplot()
     ax.set_axis_off()
-    table = ax.table(cellText=cells, rowLabels=names, colLabels=settings, loc="center", cellLoc="center")
+    table = ax.table(cellText=cells, rowLabels=names, colLabels=settings, cellLoc="center",
+                     bbox=(0.22, 0.0, 0.78, 1.0))
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    table.scale(1.0, 1.35)
     for (r, c), cell in table.get_celld().items():
         if r == 0:
             cell.set_text_props(weight="bold")
