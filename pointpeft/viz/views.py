@@ -202,12 +202,16 @@ def routing_panels(routing: Routing, blocks: list[int] | None = None, head: int 
         used.update(int(e) for e in experts)
         who = f"head {head}" if head is not None else "heads' majority"
         panels.append(Panel(routing.patches.points, colors,
-                            f"{title + ' ' if title else ''}block {b}, {who}: {len(np.unique(experts))} experts"))
+                            f"{title + ' ' if title else ''}block {b}, {who}: {_experts(len(np.unique(experts)))}"))
     palette = expert_palette(routing.num_experts)
     legend: Legend = [(f"expert {e}", tuple(palette[e])) for e in sorted(used)]
     if (routing.patches.point_group < 0).any():
         legend.append(("in no patch", tuple(UNASSIGNED)))
     return panels, legend
+
+
+def _experts(n: int) -> str:
+    return f"{n} expert" if n == 1 else f"{n} experts"
 
 
 # -- MAE reconstruction ----------------------------------------------------------------------------------------
