@@ -383,3 +383,48 @@ def test_make_docs_images_writes_three_figures(tmp_path: Path) -> None:
                      "--backend", "matplotlib"]) == 0
     for name in ("clouds", "groups", "routing"):
         assert_not_blank(_png(tmp_path / f"{name}.png"))
+
+
+def test_window_opens_on_a_display(tmp_path: Path) -> None:
+    """With a display (a virtual one here), the worker opens a window and keeps it open until it is closed."""
+    import shutil
+    import subprocess
+    import time
+
+    works, reason = render.open3d_status()
+    if shutil.which("Xvfb") is None or not works:
+        pytest.skip("needs Xvfb and a working Open3D" + ("" if works else f" ({reason})"))
+    display = next(f":{n}" for n in range(91, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        time.sleep(1.0)
+        src = tmp_path / "in.npz"
+        render._write_worker_input(str(src), [_ball(300)], [np.tile([0.2, 0.3, 0.9], (300, 1))], 400, 300, 3.0,
+                                   (1.0, 1.0, 1.0), ["ball"])
+        env = {**render._worker_env(), "DISPLAY": display}
+        worker = subprocess.Popen([sys.executable, str(render.WORKER), "show", str(src)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(6.0)
+        assert worker.poll() is None, f"window closed early: {worker.communicate()}"
+    finally:
+        for proc in (worker, xvfb):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_unreachable_display_is_an_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes.util
+
+    if ctypes.util.find_library("X11") is None or importlib.util.find_spec("open3d") is None:
+        pytest.skip("needs libX11 and open3d to check the display")
+    monkeypatch.setenv("DISPLAY", ":" + str(next(n for n in range(977, 1100)
+                                                 if not Path(f"/tmp/.X11-unix/X{n}").exists())))
+    monkeypatch.delenv("POINTPEFT_VIZ_BACKEND")
+    with pytest.raises(InputError, match="cannot open the display"):
+        render.show_panels([Panel(_ball(50))])
+    from pointpeft.viz import _o3d_worker
+
+    assert _o3d_worker.EXIT_NO_DISPLAY == render.EXIT_NO_DISPLAY

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+EXIT_NO_DISPLAY = 4
 ZOOM = 0.62  # of the bounding box fit Open3D computes; 1.0 leaves wide margins at the narrow field of view
 
 
@@ -65,6 +66,31 @@ def render(points: list[np.ndarray], colors: list[np.ndarray], width: int, heigh
     finally:
         vis.destroy_window()
     return images
+
+
+def x_display_reachable() -> bool | None:
+    """Can an X connection to $DISPLAY be opened? None when that cannot be checked (no DISPLAY or no libX11).
+
+    Needed because with an unreachable display Open3D silently falls back to an offscreen context and its
+    event loop then never ends: a window nobody can see or close."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if not os.environ.get("DISPLAY"):
+        return None
+    lib = ctypes.util.find_library("X11")
+    if lib is None:
+        return None
+    x11 = ctypes.cdll.LoadLibrary(lib)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    handle = x11.XOpenDisplay(None)
+    if not handle:
+        return False
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    x11.XCloseDisplay(handle)
+    return True
 
 
 def show(points: list[np.ndarray], colors: list[np.ndarray], titles: list[str], width: int, height: int,
@@ -128,6 +154,9 @@ def main(argv: list[str]) -> int:
             np.savez(fh, **{f"image_{k}": im for k, im in enumerate(images)})
         return 0
     if cmd == "show" and len(argv) == 2:
+        if x_display_reachable() is False:
+            print("cannot open the X display named by DISPLAY")
+            return EXIT_NO_DISPLAY
         pts, cols, titles, opts = _read(argv[1])
         show(pts, cols, titles, **opts)
         return 0

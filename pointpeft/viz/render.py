@@ -33,6 +33,7 @@ logger = get_logger("viz")
 
 BACKENDS = ("auto", "open3d", "matplotlib")
 WORKER = Path(__file__).with_name("_o3d_worker.py")
+EXIT_NO_DISPLAY = 4  # the worker's exit code when $DISPLAY cannot be opened (kept equal to _o3d_worker's)
 PROBE_TIMEOUT_S = 120.0
 RENDER_TIMEOUT_S = 600.0
 
@@ -399,6 +400,9 @@ def show_panels(panels: list[Panel], view: View | None = None, point_size: float
                                  env=_worker_env())
         if res.returncode == 0:
             return
+        if res.returncode == EXIT_NO_DISPLAY:
+            raise InputError(f"cannot open the display {os.environ.get('DISPLAY')!r}; pass an output file "
+                             "(--out x.png) to render headless")
         logger.warning("Open3D window failed (exit code %d); using a matplotlib window", res.returncode)
     _show_matplotlib(panels, colors, view, point_size or 3.0)
 
