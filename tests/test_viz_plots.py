@@ -118,3 +118,18 @@ def test_plot_command_line(tmp_path: Path) -> None:
     assert tool.main(["plot", "usage", "--results", str(a), "--out", str(tmp_path / "usage.png")]) == 0
     assert tool.main(["plot", "params", "--results", str(a), "--labels", "x", "y", "--out",
                       str(tmp_path / "n.png")]) == 2
+
+
+def test_trainer_style_results_are_understood(tmp_path: Path) -> None:
+    """The trainer's layout (as tools/summarize_vtab.py reads it): a ``best`` mapping with ``acc`` and the resolved
+    ``config``, whose peft section names the method."""
+    d = tmp_path / "exp"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({
+        "best": {"acc": 76.5, "epoch": 90}, "params": {"trainable": 170_000, "total": 85_800_000},
+        "config": {"peft": {"type": "adaptformer", "x_mode": True}}}))
+    (pt,) = plots.param_points([plots.load_run(d)])
+    assert (pt.label, pt.accuracy, pt.trainable) == ("adaptformer_x", 76.5, 170_000)
+    (d / "results.json").write_text(json.dumps({"best": {"acc": 68.9}, "trainable_params": 85_800_000,
+                                                "config": {"model": {"type": "vit"}}}))
+    assert plots.load_run(d).name == "full"

@@ -6,10 +6,12 @@ JSON has no history. Keys are looked up leniently, top level first, then inside 
 ``best``/``summary``; a key that is not found raises :class:`~pointpeft.errors.DataError` naming the file and the
 keys tried:
 
-* name: ``name`` | ``run_name`` | ``method`` | ``peft.type`` | ``config.peft.type`` (else the folder's name);
+* name: ``name`` | ``run_name`` | ``method``, else the resolved ``config``'s peft type (``<type>_x`` with
+  ``x_mode``, ``full`` without a peft section, as tools/summarize_vtab.py labels runs), else the folder's name;
 * trainable parameters: ``trainable_params`` | ``params.trainable`` | ``trainable`` | ``parameters.trainable``;
   total: ``total_params`` | ``params.total`` | ``total``;
-* accuracy: ``test_acc`` | ``acc`` | ``accuracy`` | ``overall_accuracy`` | ``best_acc`` | ``val_acc`` (or ``--metric``);
+* accuracy: ``test_acc`` | ``acc`` | ``test/acc`` | ``accuracy`` | ``overall_accuracy`` | ``oa`` | ``top1`` |
+  ``acc1`` | ``best_acc`` | ``val_acc`` | ``val/acc`` (or ``--metric``), e.g. the trainer's ``best.acc``;
 * history: ``history`` as a list of per-epoch dicts or a dict of lists (``epoch``/``step`` is the x axis);
 * expert usage: ``expert_usage`` (blocks x experts);
 * few-shot: ``fewshot`` = ``{setting: {mean, std} | [acc per fold] | number}``.
@@ -37,7 +39,8 @@ NAME_KEYS = ("name", "run_name", "method", "peft.type", "config.peft.type", "pef
 TRAINABLE_KEYS = ("trainable_params", "params.trainable", "trainable", "parameters.trainable",
                   "trainable_parameters")
 TOTAL_KEYS = ("total_params", "params.total", "total", "parameters.total")
-ACC_KEYS = ("test_acc", "acc", "accuracy", "overall_accuracy", "oa", "best_acc", "val_acc")
+ACC_KEYS = ("test_acc", "acc", "test/acc", "accuracy", "overall_accuracy", "oa", "top1", "acc1", "best_acc",
+            "val_acc", "val/acc")
 NESTS = ("", "metrics", "test", "final", "best", "summary", "results")
 X_KEYS = ("epoch", "step", "iteration", "iter")
 SKIP_CURVE_KEYS = {*X_KEYS, "time", "epoch_time", "seconds", "wall_time"}
@@ -56,6 +59,16 @@ class Run:
     def name(self) -> str:
         if self.label:
             return self.label
+        found = lookup(self.data, NAME_KEYS[:3], nests=("",))
+        if isinstance(found, str) and found:
+            return found
+        cfg = self.data.get("config")
+        if isinstance(cfg, Mapping):  # the resolved config: its peft section names the method
+            peft = cfg.get("peft")
+            if not peft:
+                return "full"
+            kind = str(peft.get("type") or "full").lower()
+            return f"{kind}_x" if peft.get("x_mode") else kind
         found = lookup(self.data, NAME_KEYS)
         if isinstance(found, str) and found:
             return found
