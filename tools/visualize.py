@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- inputs ----------------------------------------------------------------------------------------------------
 
+@dataclass
 class Sample:
-    """One input cloud: points (N, 3), its label (or None) and a title."""
+    """One input cloud: points (N, 3), its label (None for files), a title and the file's colours if any."""
 
-    def __init__(self, points: np.ndarray, label: int | None, title: str, colors: np.ndarray | None = None):
-        self.points, self.label, self.title, self.colors = points, label, title, colors
+    points: np.ndarray
+    label: int | None
+    title: str
+    colors: np.ndarray | None = None
 
 
 def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
