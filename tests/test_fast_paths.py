@@ -74,3 +74,37 @@ def test_frozen_batchnorm_with_trainable_convs_gets_gradients_through_the_fold()
     for (name, p1), (_, p2) in zip(fast.named_parameters(), ref.named_parameters()):
         assert torch.allclose(p1.grad, p2.grad, atol=1e-5, rtol=1e-4), name
     assert torch.equal(fast.first_conv[1].running_mean, enc.first_conv[1].running_mean)  # eval: stats untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_attention_gemm_path_matches_sdpa(dtype):
+    """CPU low-precision training takes the two-GEMM attention; outputs and gradients match SDPA's."""
+    from pointpeft.models.transformer import attention
+
+    torch.manual_seed(0)
+    qkv = [torch.randn(2, 3, 20, 16, dtype=dtype, requires_grad=True) for _ in range(3)]
+    ref_in = [t.detach().float().requires_grad_(True) for t in qkv]
+    out = attention(*qkv)
+    ref = torch.nn.functional.scaled_dot_product_attention(*ref_in)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    assert out.dtype == dtype and torch.allclose(out.float(), ref, atol=tol, rtol=tol)
+    w = torch.randn_like(ref)
+    (out.float() * w).sum().backward()
+    (ref * w).sum().backward()
+    for a, b in zip(qkv, ref_in):
+        assert torch.allclose(a.grad.float(), b.grad, atol=5 * tol, rtol=5 * tol)
+    with torch.no_grad():  # inference keeps SDPA
+        assert torch.allclose(attention(*[t.detach() for t in qkv]).float(), ref.detach(), atol=tol, rtol=tol)
+
+
+def test_chunked_inference_matches_one_pass():
+    enc = make_encoder("point_mae_small").eval()
+    g = torch.randn(3, 10, 8, 3)
+    with torch.no_grad():
+        enc.chunk_groups = 0
+        whole = enc(g)
+        enc.chunk_groups = 7  # 30 groups -> chunks of 7, 7, 7, 7, 2
+        chunked = enc(g)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    enc.train()  # batch statistics couple the groups: never chunked
+    assert enc._needs_full_batch()

@@ -151,10 +151,39 @@ def current_rss_bytes() -> int:
         return peak_rss_bytes()
 
 
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process since it started (``getrusage``; kilobytes on Linux)."""
+    """Peak resident set size of this process's address space (``VmHWM`` in ``/proc/self/status``).
+
+    Not ``getrusage().ru_maxrss``: Linux keeps that across ``exec``, so a subprocess started from a big parent
+    reports the parent's size at fork time (seen here: every worker showed the parent's 2 GiB). ``VmHWM`` belongs to
+    the new address space and can be reset (:func:`reset_peak_rss`). Falls back to ``ru_maxrss`` off Linux.
+    """
+    kib = _proc_status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if platform.system() == "Darwin" else int(peak) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: write 5 to ``/proc/self/clear_refs``); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 # -- machine facts ------------------------------------------------------------------------------------------------
