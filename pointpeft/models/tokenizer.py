@@ -161,8 +161,9 @@ class Encoder(nn.Module):
             w_g, w_l = w_all.split([half, half], dim=1)
         # s1(cat[glob, local + f2.bias]) = local @ w_l^T + (glob @ w_g^T + f2.bias @ w_l^T + bias)
         per_group = F.linear(glob, w_g, torch.addmv(bias, w_l, f2.bias))  # (BG, 512)
-        pre = F.linear(local, w_l)  # (BGM, 512)
-        pre.view(B * G, M, -1).add_(per_group.unsqueeze(1).to(pre.dtype))
+        # In place on the GEMM's own (3-D) output, not on a view of it: autograd would clone it in backward.
+        pre = F.linear(local.view(B * G, M, half), w_l)  # (BG, M, 512)
+        pre = pre.add_(per_group.unsqueeze(1).to(pre.dtype)).view(B * G * M, -1)
         if _uses_batch_stats(b2):
             pre = F.batch_norm(pre, b2.running_mean, b2.running_var, b2.weight, b2.bias, True, _bn_momentum(b2),
                                b2.eps)
