@@ -43,6 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 from pointpeft.utils.benchmark import (  # noqa: E402
     Stats,
     Timer,
+    bf16_native_flags,
     current_rss_bytes,
     load_average,
     machine_info,
@@ -78,7 +79,7 @@ class Plan:
     infer_models: list[str] = field(default_factory=list)
     infer_methods: list[str] | None = None  # None: adapterx + mergeable methods (merged)
     infer_batches: list[int] = field(default_factory=lambda: [32, 1])
-    infer_reps: dict[int, int] = field(default_factory=lambda: {32: 5, 1: 15})
+    infer_reps: dict[int, int] = field(default_factory=lambda: {32: 7, 1: 21})
     data_batches: int = 20
     data_sets: list[str] = field(default_factory=lambda: ["modelnet40", "synthetic_shapes"])
     synthetic_samples: int | None = None
@@ -96,7 +97,7 @@ PLANS: dict[str, Plan] = {
     "full": Plan("full", models=["point_mae_small", "point_mae"],
                  token_grid=[(1024, 64, 32), (2048, 128, 32), (8192, 512, 32)], token_reps=7, rounds=6, mem_steps=2,
                  amp_models=["point_mae_small", "point_mae"], infer_models=["point_mae_small", "point_mae"],
-                 infer_reps={32: 7, 1: 21}, data_batches=30),
+                 infer_reps={32: 9, 1: 31}, data_batches=30),
 }
 
 
@@ -118,8 +119,6 @@ def auto_dtype(device: torch.device) -> tuple[torch.dtype | None, str]:
             pass
     if device.type == "cuda":
         return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), "cuda"
-    from pointpeft.utils.benchmark import bf16_native_flags
-
     flags = bf16_native_flags()
     return (torch.bfloat16, f"cpu flags {flags}") if flags else (None, "no native bf16 in /proc/cpuinfo")
 
@@ -867,8 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sections - {"tokenizer", "train", "amp", "inference", "data"}
     if unknown:
         ap.error(f"unknown section(s) {sorted(unknown)}")
-    threads = args.threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = args.threads or threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.threads or cores
     torch.set_num_threads(threads)
     registered = registered_methods()
     methods = registered if args.methods is None else [m.strip() for m in args.methods.split(",")]
