@@ -73,6 +73,7 @@ class Plan:
     methods: list[str] | None = None  # None: every registered method
     rounds: int = 4  # interleaved rounds of training steps (one step of every config per round)
     mem_steps: int = 1  # isolated steps in the fresh memory-measuring subprocess (after one warm-up step)
+    phase_steps: int = 3  # steps whose wall-clock phases (tokenizer, blocks, backward...) are reported, median
     live_memory: bool = True  # also measure with glibc's caching of freed memory off (LIVE_MALLOC_ENV)
     amp_models: list[str] = field(default_factory=list)
     amp_methods: list[str] = field(default_factory=lambda: ["full", "adapterx"])
@@ -88,7 +89,7 @@ class Plan:
 
 PLANS: dict[str, Plan] = {
     "smoke": Plan("smoke", models=["point_mae_tiny"], batch=4, npoints=256, token_grid=[(256, 16, 8)], token_reps=2,
-                  kdline_scan=False, methods=["full", "adapterx"], rounds=2, amp_models=["point_mae_tiny"], live_memory=False,
+                  kdline_scan=False, methods=["full", "adapterx"], rounds=2, amp_models=["point_mae_tiny"], live_memory=False, phase_steps=1,
                   amp_methods=["adapterx"], infer_models=["point_mae_tiny"], infer_batches=[4, 1],
                   infer_reps={4: 2, 1: 2}, data_batches=2, data_sets=["synthetic_shapes"], synthetic_samples=48),
     "quick": Plan("quick", models=["point_mae_small"], token_grid=[(1024, 64, 32)], rounds=4,
@@ -292,15 +293,18 @@ class TrainStep:
         if self.clock is not None:
             self.clock.mark("optimizer")
 
-    def phases(self) -> dict[str, float]:
-        """Wall-clock phases of one step (ms)."""
+    def phases(self, steps: int = 3) -> dict[str, float]:
+        """Wall-clock phases of a step (ms), median over ``steps`` steps."""
         self.clock = PhaseClock(self.model, self.device)
+        runs: list[dict[str, float]] = []
         try:
-            self()
-            return self.clock.phases_ms()
+            for _ in range(steps):
+                self()
+                runs.append(self.clock.phases_ms())
         finally:
             self.clock.remove()
             self.clock = None
+        return {k: round(Stats.of([r[k] for r in runs]).median, 2) for k in runs[0]}
 
     def saved_activations_mb(self) -> float:
         return round(saved_activation_bytes(self.model, self.x, self.dtype, self.device) / MIB, 1)
@@ -340,7 +344,7 @@ def run_train_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         out["peak_reset"] = peak_reset
     if cfg.get("details"):
         out["saved_activations_mb"] = step.saved_activations_mb()
-        out["phases_ms"] = step.phases()
+        out["phases_ms"] = step.phases(cfg.get("phase_steps", 3))
     if cfg.get("profile"):
         from torch.profiler import ProfilerActivity, profile
 
@@ -484,7 +488,7 @@ def bench_train(plan: Plan, methods: list[str], device: torch.device, threads: i
         for method in methods:
             cfg = {"model": model_name, "method": method, "precision": "fp32", "device": str(device),
                    "batch": plan.batch, "npoints": plan.npoints, "threads": threads, "steps": plan.mem_steps,
-                   "details": True, "profile": profile is None or method in profile}
+                   "details": True, "profile": profile is None or method in profile, "phase_steps": plan.phase_steps}
             t0 = time.perf_counter()
             mem = spawn_worker(cfg)
             row = {"config": cfg, **timing.get((method, "fp32"), {})}
@@ -791,7 +795,7 @@ def render(res: dict[str, Any]) -> str:
                          f"Time: {tr['timing_method']} ({tr['rounds']} rounds). Memory: {tr['memory_method']}.\n" +
                          md_table(["model", "method", "trainable", "s/step", "samples/s", "peak MiB (process)",
                                    "live peak MiB", "saved act. MiB", "vs full: speed / mem / live mem",
-                                   "phases ms (one step)"], rows))
+                                   "phases ms (median step)"], rows))
         if "amp" in sec:
             amp = sec["amp"]
             rows = []
@@ -849,7 +853,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="interleaved rounds of training steps")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="all = cpu (+ cuda if present)")
-    ap.add_argument("--out", help="JSON path (default benchmarks/results-<hostname>.json; '-' for none)")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results-<hostname>.json, -full/-smoke added for "
+                                  "those modes; '-' for none)")
     ap.add_argument("--markdown", help="also write the markdown tables to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -907,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     res["targets"] = targets(res)
     text = render(res)
     print(text)
-    out = args.out or str(ROOT / "benchmarks" / f"results-{platform.node() or 'host'}.json")
+    suffix = "" if plan.name == "quick" else f"-{plan.name}"
+    out = args.out or str(ROOT / "benchmarks" / f"results-{platform.node() or 'host'}{suffix}.json")
     if out != "-":
         from pointpeft.utils.io import atomic_write_json
 
