@@ -124,8 +124,9 @@ def test_fps_duplicates_do_not_crash_and_are_deterministic(backend: str) -> None
         b = farthest_point_sample(xyz, npoint, backend=backend)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert int(a.min()) >= 0 and int(a.max()) < xyz.shape[1]
-    if backend in ("torch", "numba"):  # first index of the maximum
-        assert farthest_point_sample(same, 8, backend=backend).eq(0).all()
+    if backend in ("torch", "numba"):  # first index of the maximum among the points not chosen yet
+        assert farthest_point_sample(same, 8, backend=backend).tolist() == [list(range(8))] * 2
+        assert farthest_point_sample(same, 40, backend=backend).sort().values.tolist() == [list(range(40))] * 2
         first50 = farthest_point_sample(doubled, 50, backend=backend)
         assert int(first50.max()) < 50  # a duplicate never beats its earlier twin
         for pts, idx in zip(doubled.numpy(), farthest_point_sample(doubled, 60, backend=backend).numpy()):

@@ -86,7 +86,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except Exception as e:  # torch raises KeyError / RuntimeError / EOFError / UnpicklingError ... on bad files
         msg = str(e)
         if "Weights only load failed" in msg:
-            m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+            # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x is blocked"
+            m = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", msg, re.IGNORECASE)
             what = f"it references {m.group(1)}" if m else msg.splitlines()[-1].strip()[:200]
             raise CheckpointError(
                 f"{p}: refused to load a pickle that needs arbitrary code ({what}); torch.load ran with "
@@ -260,7 +261,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, strict: bool =
         details = "; ".join(f"{k}: checkpoint {_fmt_shape(ckpt[k])} vs model {_fmt_shape(model_sd[k])}"
                             for k in (body_mm or head_mm)[:6])
         more = f" (+{len(mismatched) - 6} more)" if len(mismatched) > 6 else ""
-        hint = (" — a checkpoint of another architecture or width?" if body_mm
+        hint = (f" — a checkpoint of another architecture or width? ({len(common)} of its {len(ckpt)} tensors "
+                f"share a name with the model's {len(model_sd)}; recognised layout: {fmt})" if body_mm
                 else "; pass skip_head=True to keep the model's head")
         raise CheckpointError(f"{path_s}: shape mismatch for {len(mismatched)} tensor(s): {details}{more}{hint}")
 

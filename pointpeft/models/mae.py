@@ -30,7 +30,7 @@ from torch import nn
 
 from pointpeft.errors import ConfigError, InputError
 from pointpeft.models.point_transformer import ARCHITECTURES, PointTransformerConfig
-from pointpeft.models.tokenizer import Encoder, Group
+from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.ops.chamfer import chamfer_l1, chamfer_l2
 from pointpeft.registry import MODELS
@@ -219,7 +219,7 @@ class PointMAE(nn.Module):
     def loss_parts(self, pts: torch.Tensor, generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, pieces): the Chamfer loss over the hidden patches, batched as (B*M, S, 3) like the original."""
-        neighborhood, center = self.group_divider(pts)
+        neighborhood, center = self.group_divider(as_param_dtype(pts, self.MAE_encoder))
         out = self._predict(neighborhood, center, generator=generator)
         gt = _take(neighborhood, out["mask_idx"])
         rebuild = out["rebuild"]
@@ -237,7 +237,7 @@ class PointMAE(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For visualisation: (input (B, N, 3), visible patches (B, V*S, 3), visible + reconstructed hidden patches
         (B, G*S, 3)), all in the input's coordinates. Call on a model in eval mode for stable BatchNorm."""
-        neighborhood, center = self.group_divider(pts)
+        neighborhood, center = self.group_divider(as_param_dtype(pts, self.MAE_encoder))
         out = self._predict(neighborhood, center, generator=generator)
         B, S = pts.shape[0], self.group_size
         vis = _take(neighborhood, out["vis_idx"]) + _take(center, out["vis_idx"]).unsqueeze(2)
@@ -249,7 +249,7 @@ class PointMAE(nn.Module):
 
     def forward_features(self, pts: torch.Tensor) -> torch.Tensor:
         """The encoder's normalised tokens of every patch (no masking): (B, G, C)."""
-        neighborhood, center = self.group_divider(pts)
+        neighborhood, center = self.group_divider(as_param_dtype(pts, self.MAE_encoder))
         return self.MAE_encoder(neighborhood, center, noaug=True)[0]
 
     def extract_features(self, pts: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pointpeft.models.heads import HEADS
-from pointpeft.models.tokenizer import Encoder, Group
+from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.registry import MODELS
 
@@ -106,7 +106,7 @@ class PointTransformer(nn.Module):
             tok_params += list(self.reduce_dim.parameters())
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tok_params)
         with torch.set_grad_enabled(needs_grad):
-            neighborhood, center = self.group_divider(pts)
+            neighborhood, center = self.group_divider(as_param_dtype(pts, self.encoder))
             tokens = self.encoder(neighborhood)
             if hasattr(self, "reduce_dim"):
                 tokens = self.reduce_dim(tokens)

@@ -35,6 +35,17 @@ def check_points(pts: torch.Tensor, min_points: int, name: str = "points") -> No
         raise InputError(f"{name}: NaN or inf at cloud {b}, point {n} ({int(bad.sum())} bad points in the batch)")
 
 
+def as_param_dtype(pts: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """A float cloud in the dtype of ``module``'s parameters (float64 data into a float32 model works).
+
+    Anything else (an int tensor, a non-tensor) is returned unchanged so :func:`check_points` reports it.
+    """
+    if not isinstance(pts, torch.Tensor) or not pts.is_floating_point():
+        return pts
+    ref = next(module.parameters(), None)
+    return pts if ref is None or pts.dtype == ref.dtype else pts.to(ref.dtype)
+
+
 class Group(nn.Module):
     """Split each cloud into ``num_group`` patches of ``group_size`` points, centred on their FPS centre."""
 

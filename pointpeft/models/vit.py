@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pointpeft.errors import CheckpointError, ConfigError
+from pointpeft.errors import CheckpointError, ConfigError, InputError
 from pointpeft.models.checkpoint import LoadReport, extract_state_dict, group_keys, read_checkpoint
 from pointpeft.registry import MODELS
 from pointpeft.utils.misc import get_logger
@@ -136,9 +136,46 @@ def build_vit(name: str = "vit_base_patch16_224", num_classes: int = 100, weight
                           "(the PEFT injection supports VisionTransformer)")
     model.arch_name = name
     model.load_report = None
+    model.register_forward_pre_hook(_check_images_hook)
     if weights is not None and str(weights) != "":
         model.load_report = load_vit_weights(model, weights, strict=strict)
     return model
+
+
+def check_images(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``x`` as a (B, C, H, W) float batch in the model's dtype; InputError naming what is wrong otherwise.
+
+    Why: timm reports a wrong size as a bare AssertionError, a wrong dtype deep inside the convolution, and a
+    NaN not at all (the logits are just NaN).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"images: expected a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise InputError(f"images: expected shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"images: expected a float tensor (normalised pixels), got dtype {x.dtype}")
+    B, C, H, W = x.shape
+    if B == 0:
+        raise InputError("images: empty batch (B=0)")
+    pe = model.patch_embed
+    if C != pe.proj.in_channels:
+        raise InputError(f"images: expected {pe.proj.in_channels} channels, got C={C} (shape {tuple(x.shape)})")
+    size = getattr(pe, "img_size", None)
+    if size is not None and getattr(pe, "strict_img_size", False) and (H, W) != tuple(size):
+        raise InputError(f"images: expected H x W = {size[0]} x {size[1]} (the model's img_size), got {H} x {W}")
+    bad = ~torch.isfinite(x).flatten(1).all(dim=1)
+    if bad.any():
+        raise InputError(f"images: NaN or inf in image {int(bad.nonzero()[0, 0])} of the batch "
+                         f"({int(bad.sum())} bad image(s))")
+    dtype = pe.proj.weight.dtype
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _check_images_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if not args:
+        return None
+    x = check_images(args[0], module)
+    return None if x is args[0] else (x, *args[1:])
 
 
 MODELS.register("vit")(build_vit)  # the signature is the config schema: a misspelled key is a ConfigError

@@ -6,7 +6,8 @@ the reference indices bit for bit:
 
 * distances are ``((x-cx)^2 + (y-cy)^2) + (z-cz)^2`` in float32 with no fused multiply-add (numba compiles
   without fast-math, so LLVM may not contract), exactly the arithmetic of :func:`pointpeft.ops.fps.fps_torch`;
-* the running minimum uses ``d < m`` and the next centre is the FIRST index of the maximum (like ``argmax``).
+* the running minimum uses ``d < m`` and the next centre is the FIRST index of the maximum (like ``argmax``);
+  a chosen point's distance is set to -1, as in the reference, so duplicates never repeat an index.
 
 The maximum is searched in blocks of ``_BLOCK`` points: the block maxima vectorise (fast-math flags there only
 allow reordering a max, which cannot change its value), then one scan of the winning block finds the first index.
@@ -47,6 +48,7 @@ def _fps_one(x, y, z, npoint, out, dist):  # pragma: no cover - compiled
             d = dx * dx + dy * dy + dz * dz
             m = dist[j]
             dist[j] = d if d < m else m
+        dist[far] = np.float32(-1.0)  # never pick a chosen point again (only matters when all tie at 0)
         best = np.float32(-1.0)
         best_block = 0
         for blk in range(nblocks):

@@ -17,7 +17,9 @@ name                exact  device  needs
 ``"auto"`` = ``pointnet2`` for CUDA tensors when importable, else ``torch``; on CPU ``numba``, else ``fpsample``,
 else ``torch``. The approximate ``fpsample_kdline`` is opt-in only. CPU backends given a CUDA tensor run on a
 CPU copy and return indices on the input's device. Ties (duplicate points) never crash and are deterministic:
-``torch`` and ``numba`` take the first index of the maximum; ``fpsample`` uses its own fixed rule.
+``torch`` and ``numba`` take the first index of the maximum among the points not chosen yet, so their indices
+are distinct even when a cloud has fewer distinct points than ``npoint`` (a cloud of one repeated point gives
+0, 1, 2, ...); ``fpsample`` and ``pointnet2`` use their own fixed rules.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def fps_torch(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
             tmp.mul_(tmp)
             d.add_(tmp)
         torch.minimum(dist, d, out=dist)
+        dist.scatter_(1, farthest, -1.0)  # never pick a chosen point again (only matters when all tie at 0)
         farthest = dist.argmax(-1, keepdim=True)
     return idx
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import pointpeft
-from pointpeft.errors import CheckpointError
+from pointpeft.errors import CheckpointError, ConfigError
 from pointpeft.peft.backbones import describe_backbone
 from pointpeft.peft.base import build_peft_config
 from pointpeft.peft.inject import get_method, get_peft_model, unwrap
@@ -98,7 +98,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
 
     directory = Path(directory)
     meta = read_adapter_config(directory)
-    cfg = build_peft_config(meta["peft_config"])
+    try:
+        cfg = build_peft_config(meta["peft_config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{directory / ADAPTER_CONFIG}: invalid peft_config: {e}") from None
     inner = unwrap(model)
     base = describe_backbone(inner).describe()
     saved = meta.get("base_model", {})
