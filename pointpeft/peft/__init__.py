@@ -7,8 +7,12 @@ One sub-package (or module) per method, each registering itself in ``pointpeft.r
 from pointpeft.peft import (
     adapter,  # noqa: F401  (registers adapter, adaptformer)
     adapterx,  # noqa: F401  (registers adapterx)
+    dapt,  # noqa: F401  (registers dapt)
     full,  # noqa: F401  (registers full, linear)
+    idpt,  # noqa: F401  (registers idpt)
     lora,  # noqa: F401  (registers lora)
+    mhr,  # noqa: F401  (registers mhr)
+    mosa,  # noqa: F401  (registers mosa)
     vpt,  # noqa: F401  (registers vpt_deep)
 )
 from pointpeft.peft.backbones import BackboneSpec, describe_backbone
