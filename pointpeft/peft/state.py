@@ -113,9 +113,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     if getattr(inner, "peft_config", None) is None:
         get_peft_model(inner, cfg)
     elif inner.peft_config.to_dict() != cfg.to_dict():
-        raise CheckpointError(
-            f"{directory}: adapter config {cfg.to_dict()} does not match the model's {inner.peft_config.to_dict()}"
-        )
+        have, want = inner.peft_config.to_dict(), cfg.to_dict()
+        diff = ", ".join(f"{k}: adapter {want.get(k)!r} vs model {have.get(k)!r}"
+                         for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+        raise CheckpointError(f"{directory}: adapter config does not match the model's PEFT config ({diff})")
     wpath = directory / ADAPTER_WEIGHTS
     if not wpath.is_file():
         raise CheckpointError(f"missing adapter weights {wpath}")
