@@ -76,3 +76,5 @@ PEFT_METHODS = Registry("peft method")
 DATASETS = Registry("dataset")
 TRANSFORMS = Registry("transform")
 TASKS = Registry("task")  # what the trainer optimises: classification, mae_pretrain, ...
+OPTIMIZERS = Registry("optimizer")  # adamw, adam, sgd: built from the optimizer: section
+SCHEDULERS = Registry("scheduler")  # cosine (with warm-up), constant, step: built from the scheduler: section

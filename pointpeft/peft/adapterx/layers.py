@@ -84,7 +84,7 @@ class CosineRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Routing logits (N, E) for sub-tokens (N, d)."""
-        z = F.normalize(self.proj(x), dim=-1)
+        z = F.normalize(self.proj(x), dim=-1, eps=1e-6)  # a zero token must not make a 1e12 gradient
         emb = F.normalize(self.expert_embeddings, dim=-1)
         inv_t = self.log_inv_temperature.clamp(max=self.max_log_inv_t).exp()
         return (z @ emb.t()) * inv_t
@@ -143,13 +143,19 @@ def switch_balance_loss(probs: torch.Tensor, idx: torch.Tensor, num_experts: int
 
 
 class PromptGenerator(nn.Module):
-    """P = gamma * mean over tokens(y) + beta (one token); ``gelu`` applies GELU before the mean (DAPT)."""
+    """P = gamma * mean over tokens(y) + beta (one token); ``gelu`` applies GELU before the mean (DAPT).
+
+    ``beta`` starts small and random, not zero: the SMoA output is zero at init, and an all-zero prompt token has
+    zero variance, so the next block's LayerNorm and the router's L2 normalisation divide by ~0 and the first
+    step's gradient reached 5e10 on a random backbone.
+    """
 
     def __init__(self, dim: int, gelu: bool = False) -> None:
         super().__init__()
         self.gelu = gelu
         self.gamma = nn.Parameter(torch.ones(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.empty(dim))
+        nn.init.trunc_normal_(self.beta, std=0.02)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if self.gelu:
