@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""Few-shot ModelNet40 (N-way K-shot, 10 folds, mean ± std), as Point-MAE / Point-BERT / IDPT report it:
+
+    python tools/fewshot.py --config cfgs/fewshot/adapterx.yaml --ckpt pretrain.pth --way 5 10 --shot 10 20 \\
+        --folds 0-9 --jobs 2
+    python tools/fewshot.py --config cfgs/fewshot/mhr.yaml --ckpt pretrain.pth --protocol mhr
+
+Runs go to experiments/fewshot/<method>/<way>w<shot>s/fold<k>/; rerunning the command resumes. See docs/fewshot.md.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pointpeft.fewshot.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
