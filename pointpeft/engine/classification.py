@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from pointpeft.config import Config
-from pointpeft.errors import ConfigError, InputError
+from pointpeft.errors import ConfigError
 from pointpeft.models import load_backbone_weights
+from pointpeft.models.losses import cross_entropy
 from pointpeft.peft import get_peft_model, training_forward, unwrap
 from pointpeft.registry import MODELS, TASKS
 from pointpeft.utils.misc import get_logger
@@ -44,13 +44,6 @@ def build_classifier(cfg: Config, ckpt: str | None = None) -> nn.Module:
         return get_peft_model(model, dict(peft))
     except (ConfigError, TypeError, ValueError) as e:
         raise ConfigError(f"{cfg.source_of('peft')}: peft: {e}") from None
-
-
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        raise InputError(f"label {int(bad[0])} is outside the model's {num_classes} classes "
-                         f"(labels must be in [0, {num_classes - 1}]); check model.num_classes and the data set")
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
@@ -127,8 +120,7 @@ class ClassificationTask:
         pts, labels = pts.to(dev, non_blocking=True).float(), torch.as_tensor(labels).to(dev).long().reshape(-1)
         logits, aux = training_forward(model, pts)
         logits = logits.float()
-        check_labels(labels, logits.shape[-1])
-        ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        ce = cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         loss = ce
         logs = {"ce": float(ce.detach())}
         for k, v in aux.items():

@@ -76,7 +76,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Config, Path, str | None, dict[s
 
 def run(argv: Sequence[str] | None = None, description: str = "Fine-tune a pretrained transformer.") -> int:
     """Entry point; returns the process exit code (errors are reported in one line, not a traceback)."""
-    args = build_parser(description).parse_args(argv)
+    args = build_parser(description).parse_intermixed_args(argv)
     setup_logging(30 if args.quiet else 20)
     info: DistInfo | None = None
     try:

@@ -24,7 +24,7 @@ class TrainOptions:
     log_every: int = 20  # TensorBoard scalars every n steps
     threads: int | None = None  # torch.set_num_threads; null = torch's default
     deterministic: bool = True  # deterministic algorithms where torch offers them
-    progress: str = "auto"  # auto (tqdm on a terminal, off in CI/logs) | on | off
+    progress: str | bool = "auto"  # auto (tqdm on a terminal, off in CI/logs) | on | off
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
@@ -40,6 +40,8 @@ class TrainOptions:
             raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if isinstance(self.progress, bool):  # YAML 1.1 reads on/off as booleans
+            self.progress = "on" if self.progress else "off"
         if self.progress not in ("auto", "on", "off"):
             raise ValueError(f"progress must be auto, on or off, got {self.progress!r}")
 

@@ -205,7 +205,7 @@ class Trainer:
                 loss, logs = self.task.training_step(self.wrapped, batch)
             if not math.isfinite(float(loss.detach())):
                 raise TrainingDiverged(
-                    f"loss is {float(loss):.4g} at epoch {self.epoch + 1}, step {step + 1} ({logs}); nothing was "
+                    f"loss is {float(loss.detach()):.4g} at epoch {self.epoch + 1}, step {step + 1} ({logs}); nothing was "
                     f"saved from this epoch; {ck.LAST_NAME} of epoch {self.epoch} is intact. Lower optimizer.lr, "
                     "set train.grad_clip, or try --amp fp32")
             self.optimizer.zero_grad(set_to_none=True)
