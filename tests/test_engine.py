@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_cases import DETERMINISTIC_FWD, REPO, SYNTH_ADAPTERX, tiny_config
 
 from pointpeft.config import load_config
 from pointpeft.engine import Trainer, TrainingDiverged, read_train_state
@@ -20,7 +21,6 @@ from pointpeft.engine.checkpoint import LAST_NAME
 from pointpeft.engine.launch import run as train_main
 from pointpeft.engine.optim import WarmupCosine
 from pointpeft.errors import CheckpointError, ConfigError
-from engine_cases import DETERMINISTIC_FWD, REPO, SYNTH_ADAPTERX, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
