@@ -19,7 +19,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from pointpeft.config import Config
-from pointpeft.data import fewshot, modelnet40, scanobjectnn, shapenet55, synthetic, transforms  # noqa: F401
+from pointpeft.data import fewshot, modelnet40, scanobjectnn, shapenet55, subset, synthetic, transforms  # noqa: F401
 from pointpeft.data.base import PointCloudDataset, pc_normalize
 from pointpeft.data.fewshot import FewShot, generate_fewshot_folds
 from pointpeft.data.loader import build_dataloader, seed_worker

@@ -30,6 +30,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="continue an interrupted run: its folder, or alone to resume the folder that --config and "
                    "--exp-name name")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--seeds", nargs="+", default=None,
+                   help="one run per seed (<exp-name>_seed<k>), then a mean ± std table of them")
     p.add_argument("--exp-name", default=None, help="run folder name under experiments/<config>/<group>/")
     p.add_argument("--amp", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="mixed precision (default: the config's train.amp, itself 'auto')")
@@ -78,6 +80,31 @@ def run(argv: Sequence[str] | None = None, description: str = "Fine-tune a pretr
     """Entry point; returns the process exit code (errors are reported in one line, not a traceback)."""
     args = build_parser(description).parse_intermixed_args(argv)
     setup_logging(30 if args.quiet else 20)
+    if not args.seeds:
+        return _run_one(args)
+    # --seeds is greedy: numbers are seeds, anything after them is a config override
+    args.overrides = [a for a in args.seeds if not a.lstrip("-").isdigit()] + list(args.overrides)
+    args.seeds = [int(a) for a in args.seeds if a.lstrip("-").isdigit()]
+    if args.resume is not None or args.seed is not None:
+        log.error("--seeds cannot be combined with --seed or --resume (resume each seed's folder)")
+        return 2
+    run_dirs = []
+    for seed in args.seeds:
+        one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
+                                    "exp_name": f"{args.exp_name or 'default'}_seed{seed}"})
+        if args.run_dir:
+            one.run_dir = str(Path(args.run_dir) / f"seed{seed}")
+        rc = _run_one(one)
+        if rc != 0:
+            return rc
+        run_dirs.append(one.run_dir or default_run_dir(args.config, one.exp_name, args.root))
+    from pointpeft.engine.summary import collect, markdown_table
+
+    log.info("mean ± std over seeds %s:\n%s", args.seeds, markdown_table(collect(run_dirs)))
+    return 0
+
+
+def _run_one(args: argparse.Namespace) -> int:
     info: DistInfo | None = None
     try:
         from pointpeft.engine.trainer import Trainer

@@ -296,6 +296,7 @@ class Trainer:
             "amp": {"mode": self.amp.mode, "reason": self.amp.reason},
             "world_size": self.dist.world_size,
             "params": self.params,
+            "data_sizes": {"train": len(self.train_set), "val": len(self.val_set) if self.val_set is not None else 0},
             "epochs_done": self.epoch,
             "elapsed_s": round(self.elapsed(), 2),
             "best": {"epoch": self.best["epoch"], **self.best.get("metrics", {})},

@@ -1,0 +1,89 @@
+"""Tables from run folders: group ``results.json`` files by method, mean ± std over seeds. Shared by
+tools/summarize_seeds.py and tools/sweep.py, so every number in a published table comes from the runs' files."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pointpeft.errors import DataError
+
+
+def method_label(results: dict[str, Any]) -> str:
+    """``adapterx``, ``adaptformer_x`` (x_mode), ``full``... from a run's resolved config."""
+    peft = (results.get("config") or {}).get("peft") or {"type": results.get("method") or "full"}
+    kind = str(peft.get("type") or "full").lower()
+    return f"{kind}_x" if peft.get("x_mode") else kind
+
+
+@dataclass
+class Row:
+    label: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+
+    def values(self, key: str, section: str = "best") -> list[float]:
+        return [float(r[section][key]) for r in self.runs if isinstance(r.get(section), dict)
+                and isinstance(r[section].get(key), int | float)]
+
+    @property
+    def trainable(self) -> int:
+        return int(self.runs[0]["params"]["trainable"])
+
+    @property
+    def percent(self) -> float:
+        return float(self.runs[0]["params"]["percent"])
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        times = [h["time_s"] for r in self.runs for h in r.get("history", []) if "time_s" in h]
+        return statistics.median(times) if times else float("nan")
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read results ({e})") from None
+    if not isinstance(data, dict) or "params" not in data or "best" not in data:
+        raise DataError(f"{path}: not a results.json written by the trainer (no params/best)")
+    return data
+
+
+def collect(paths: Iterable[str | Path], finished_only: bool = True) -> list[Row]:
+    """Rows in first-seen order; a folder argument is searched for results.json files recursively."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.rglob("results.json")) if p.is_dir() else [p]
+    rows: dict[str, Row] = {}
+    for f in files:
+        data = read_results(f)
+        if finished_only and data.get("status") != "finished":
+            continue
+        if data.get("task", "classification") != "classification":
+            continue
+        row = rows.setdefault(method_label(data), Row(method_label(data)))
+        row.runs.append(data)
+        row.paths.append(f)
+    return list(rows.values())
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = ["| method | trainable params | trainable % | accuracy (%) | mean-class acc (%) | seeds | s/epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r.trainable):
+        lines.append(f"| {r.label} | {r.trainable:,} | {r.percent:.2f} | {mean_std(r.values('acc'))} | "
+                     f"{mean_std(r.values('mean_class_acc'))} | {len(r.runs)} | {r.seconds_per_epoch:.0f} |")
+    return "\n".join(lines) + "\n"
