@@ -58,7 +58,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Config, Path, str | None, dict[s
         ckpt = args.ckpt
         if ckpt is None and results.is_file():
             ckpt = json.loads(results.read_text()).get("pretrained")
-        return cfg, run_dir, ckpt, ck.read_train_state(run_dir / ck.LAST_NAME)
+        return cfg, run_dir, ckpt, _resume_state(run_dir)
     if not args.config:
         raise ConfigError("--config is required (or --resume RUN_DIR)")
     overrides = list(args.overrides)
@@ -72,8 +72,17 @@ def _resolve(args: argparse.Namespace) -> tuple[Config, Path, str | None, dict[s
     exp = args.exp_name or cfg.get("exp_name") or "default"
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config, exp, args.root)
     if args.resume is True:
-        return cfg, run_dir, args.ckpt, ck.read_train_state(run_dir / ck.LAST_NAME)
+        return cfg, run_dir, args.ckpt, _resume_state(run_dir)
     return cfg, run_dir, args.ckpt, None
+
+
+def _resume_state(run_dir: Path) -> dict[str, Any]:
+    """The last complete training state; temp files of a write that was killed are removed (they are never read)."""
+    state = ck.read_train_state(run_dir / ck.LAST_NAME)
+    for stale in run_dir.glob(".*.tmp"):
+        log.warning("removing %s, left by a write that was interrupted", stale)
+        stale.unlink(missing_ok=True)
+    return state
 
 
 def run(argv: Sequence[str] | None = None, description: str = "Fine-tune a pretrained transformer.") -> int:
