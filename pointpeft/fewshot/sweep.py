@@ -226,6 +226,7 @@ def run_sweep(cfg: Config, method: str, opts: FewShotOptions, root: str | Path =
         for job in todo:
             _record(_worker(asdict(job)), job.run_dir, trained, failed)
     summary, table = write_summary(root, method, opts.report, {"folds_root": str(folds_root), "pretrained": ckpt,
+                                                               "folds_requested": len(opts.fold_ids),
                                                                **(extra or {})})
     return SweepReport(trained, done, failed, summary, table, time.time() - t0)
 

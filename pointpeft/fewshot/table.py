@@ -121,7 +121,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], expected_folds: int | None =
     sep = "|---|" + "---|" * len(settings)
     lines = [head, sep]
     for r in rows:
-        cells = [format_cell((r.get("fewshot") or {}).get(setting_key(w, s)), expected_folds) for w, s in settings]
+        expected = r.get("folds_requested", expected_folds)
+        cells = [format_cell((r.get("fewshot") or {}).get(setting_key(w, s)), expected) for w, s in settings]
         lines.append(f"| {r.get('name', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
