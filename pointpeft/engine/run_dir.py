@@ -85,12 +85,13 @@ def library_versions() -> dict[str, Any]:
 
 def dump_config(cfg: dict[str, Any]) -> str:
     """The resolved config as YAML (what ``--resume`` and tools/test.py rebuild the run from)."""
-    return yaml.safe_dump(_plain(cfg), sort_keys=False)
+    return yaml.safe_dump(plain_config(cfg), sort_keys=False)
 
 
-def _plain(node: Any) -> Any:
+def plain_config(node: Any) -> Any:
+    """Plain dicts and lists (no Config subclass, no tuples) for YAML and JSON."""
     if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
+        return {str(k): plain_config(v) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
+        return [plain_config(v) for v in node]
     return node

@@ -26,7 +26,7 @@ from pointpeft.engine.hooks import Hook, ProgressHook, TensorBoardHook, progress
 from pointpeft.engine.optim import build_optimizer, build_scheduler
 from pointpeft.engine.options import DataOptions, TrainOptions
 from pointpeft.engine.rng import capture_rng, restore_rng
-from pointpeft.engine.run_dir import dump_config, git_commit, library_versions
+from pointpeft.engine.run_dir import dump_config, git_commit, library_versions, plain_config
 from pointpeft.errors import ConfigError, PointPeftError
 from pointpeft.peft import is_peft_model, save_adapter, trainable_parameter_report, unwrap
 from pointpeft.registry import TASKS
@@ -287,7 +287,7 @@ class Trainer:
             "status": status,
             "task": self.opts.task,
             "method": method.name if method is not None else None,
-            "config": _plain(self.cfg),
+            "config": plain_config(self.cfg),
             "seed": self.seed,
             "pretrained": self.ckpt,
             "git_commit": git_commit(),
@@ -319,10 +319,3 @@ class Trainer:
     def core(self) -> nn.Module:
         return unwrap(self.model)
 
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
-    return node
