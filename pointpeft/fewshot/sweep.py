@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -150,12 +151,19 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
     if state is None and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("pointpeft")
+    before = set(logger.handlers)
     setup_logging(job.log_level, log_file=run_dir / "train.log")
-    trainer = Trainer(cfg, run_dir, ckpt=job.ckpt)
-    if state is not None:
-        trainer.restore(state, str(last))
-    trainer.write_config()
-    return trainer.fit()
+    try:
+        trainer = Trainer(cfg, run_dir, ckpt=job.ckpt)
+        if state is not None:
+            trainer.restore(state, str(last))
+        trainer.write_config()
+        return trainer.fit()
+    finally:  # this fold's train.log only gets this fold's lines
+        for h in set(logger.handlers) - before:
+            logger.removeHandler(h)
+            h.close()
 
 
 def _worker(job_dict: dict[str, Any]) -> dict[str, Any]:
