@@ -198,3 +198,53 @@ def test_real_modelnet40_5way10shot_beats_chance(tmp_path: Path, modelnet_h5_roo
     acc = rep.summary["fewshot"]["5way10shot"]["mean"]
     print(f"5-way 10-shot real ModelNet40 fold 0, query accuracy {acc:.1f}%")
     assert acc >= 40.0, f"query accuracy {acc:.1f}% is not clearly above chance (20%)"
+
+
+def test_mhr_protocol_end_to_end(tmp_path: Path) -> None:
+    """Inventories trained on disjoint class tasks of the synthetic set, then 3-way 4-shot adaptation to the
+    held-out classes with Poly, MHR, MHR-z and MHR-μ; MHR-z keeps the inventory, MHR-μ has no routing."""
+    import torch
+
+    from pointpeft.engine.checkpoint import read_train_state
+
+    argv = ["--config", str(REPO / "cfgs/fewshot/mhr.yaml"), "--protocol", "mhr", "--way", "3", "--shot", "4",
+            "--folds", "0", "--root", str(tmp_path), "--quiet", *TINY, "train.epochs=1", "fewshot.query=3",
+            "fewshot.generate_from={type: synthetic_shapes, npoints: 128, num_samples: 120}",
+            "fewshot.mhr.heldout_classes=3",
+            "fewshot.mhr.num_tasks=3", "fewshot.mhr.classes_per_task=3", "fewshot.mhr.epochs=1",
+            "fewshot.mhr.train_per_class=8", "peft.r=4", "peft.heads=2", "peft.num_skills=3"]
+    assert fewshot_main(argv) == 0
+    base = tmp_path / "fewshot/mhr"
+    split = json.loads((base / "split.json").read_text())
+    trained_classes = {c for t in split["training_tasks"] for c in t}
+    assert len(split["heldout_classes"]) == 3 and len(trained_classes) == 9
+    assert not trained_classes & set(split["heldout_classes"])
+    episode = safe_load(base / "episodes/3way4shot/0.pkl")
+    assert {t[2] for t in episode["train"] + episode["test"]} == set(split["heldout_classes"])
+
+    summary = json.loads((base / "fewshot.json").read_text())
+    assert [r["name"] for r in summary["rows"]] == ["Poly", "MHR", "MHR-z", "MHR-μ"]
+    assert all(r["fewshot"]["3way4shot"]["n"] == 1 for r in summary["rows"])
+    table = (tmp_path / "fewshot/table.md").read_text()
+    assert "| MHR-z |" in table and "| Poly |" in table
+
+    def state(run: Path) -> dict[str, torch.Tensor]:
+        return read_train_state(run / "ckpt-last.pth")["model"]
+
+    inv = state(base / "multitask_mhr")
+    key = next(k for k in inv if k.endswith("lora_A"))
+    assert inv[key].shape[0] == 3  # the inventory: 3 skills
+    fold = "3w4s/fold0"
+    z_res = json.loads((base / "mhr_z" / fold / "results.json").read_text())
+    mhr_res = json.loads((base / "mhr" / fold / "results.json").read_text())
+    assert z_res["params"]["trainable"] < mhr_res["params"]["trainable"]
+    assert torch.equal(state(base / "mhr_z" / fold)[key], inv[key])  # MHR-z: inventory frozen
+    assert not torch.equal(state(base / "mhr" / fold)[key], inv[key])  # MHR: inventory fine-tuned
+    routing = key.replace("lora_A", "routing")
+    assert state(base / "mhr_z" / fold)[routing].shape[0] == 4  # 3 training tasks + the unseen one
+    mu = state(base / "mhr_mu" / fold)
+    assert mu[key].shape[0] == 1 and routing not in mu  # averaged inventory, no routing
+    poly = read_train_state(base / "multitask_poly/ckpt-last.pth")["model"]
+    assert poly[routing].shape[1] == 1 and inv[routing].shape[1] == 2  # Poly: one head, MHR: 2 heads
+    # a rerun reuses the inventories and the finished folds
+    assert fewshot_main(argv) == 0

@@ -8,9 +8,11 @@ sweep can tell that the files on disk came from the same recipe and never silent
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from torch.utils.data import Dataset
 
 from pointpeft.data import build_dataset, generate_fewshot_folds
 from pointpeft.data.base import resolve_root
@@ -57,12 +59,14 @@ def _check_manifest(root: Path, recipe: dict[str, Any]) -> None:
 
 
 def ensure_folds(opts: FewShotOptions, settings: Iterable[tuple[int, int]] | None = None,
-                 folds: Iterable[int] | None = None) -> Path:
+                 folds: Iterable[int] | None = None, *, build: Callable[[str], Dataset] | None = None,
+                 recipe_extra: dict[str, Any] | None = None) -> Path:
     """Make sure every (way, shot, fold) episode exists under ``opts.root``; returns the resolved root.
 
     Missing episodes are generated from ``opts.generate_from`` (support from its train split, queries from its
     test split or the rest of train) with ``opts.seed``; without ``generate_from`` a missing episode is an error
-    that says how to get it.
+    that says how to get it. ``build(split)`` replaces the data set built from ``generate_from`` (MHR's protocol
+    passes the held-out classes), ``recipe_extra`` goes into the manifest.
     """
     settings = list(settings if settings is not None else opts.settings)
     folds = list(folds if folds is not None else opts.fold_ids)
@@ -70,19 +74,24 @@ def ensure_folds(opts: FewShotOptions, settings: Iterable[tuple[int, int]] | Non
     todo = [(w, s) for w, s in settings if _missing(root, w, s, folds)]
     if not todo:
         return root
-    if opts.generate_from is None:
+    if opts.generate_from is None and build is None:
         w, s = todo[0]
         episode_path(root, w, s, _missing(root, w, s, folds)[0])  # raises DataError naming the file
-    recipe = generation_recipe(opts)
+    recipe = {**generation_recipe(opts), **(recipe_extra or {})}
     _check_manifest(root, recipe)
     if not (root / MANIFEST).is_file() and any(root.glob("*way*shot/*.pkl")):
         raise ConfigError(f"{root} holds episodes that were not generated here (no {MANIFEST}), e.g. Point-BERT's "
                           f"released folder, and lacks {todo[0][0]}way{todo[0][1]}shot folds {folds}; generate into "
                           "another fewshot.root (--folds-root) instead of mixing the two")
-    node = dict(opts.generate_from or {})
-    node.pop("split", None)
-    support = build_dataset({**node, "split": "train"})
-    query = build_dataset({**node, "split": "test"}) if opts.query_from == "test" else None
+    if build is None:
+        node = dict(opts.generate_from or {})
+        node.pop("split", None)
+
+        def build(split: str) -> Dataset:
+            return build_dataset({**node, "split": split})
+
+    support = build("train")
+    query = build("test") if opts.query_from == "test" else None
     for way, shot in todo:
         generate_fewshot_folds(support, way, shot, folds=max(folds) + 1, query_per_class=opts.query,
                                seed=opts.seed, out_dir=root, query_dataset=query)

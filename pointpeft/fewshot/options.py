@@ -74,7 +74,11 @@ class MhrProtocolOptions:
     lr: float | None = None  # multi-task learning rate (null = the config's optimizer.lr)
     modes: list[str] = field(default_factory=lambda: ["poly", "mhr", "mhr_z", "mhr_mu"])
     adapt_lr: dict[str, float] = field(default_factory=lambda: {"mhr_z": 1.0e-2})  # few-shot lr per mode
+    routing_init: str = "mean"  # the unseen task's routing row: mean of the training tasks' rows, or uniform
     seed: int = 0
+    # set by the protocol in each adaptation fold's config (not by hand):
+    inventory: str | None = None  # the multi-task run whose ckpt-last.pth holds the inventory
+    adapt_mode: str | None = None  # poly | mhr | mhr_z | mhr_mu for this fold
 
     def __post_init__(self) -> None:
         from pointpeft.peft.mhr import MODES
@@ -91,6 +95,10 @@ class MhrProtocolOptions:
         bad = [m for m in self.adapt_lr if m not in MODES]
         if bad:
             raise ValueError(f"mhr.adapt_lr keys must be modes {list(MODES)}, got {bad}")
+        if self.routing_init not in ("mean", "uniform"):
+            raise ValueError(f"mhr.routing_init must be mean or uniform, got {self.routing_init!r}")
+        if self.adapt_mode is not None and self.adapt_mode not in MODES:
+            raise ValueError(f"mhr.adapt_mode must be one of {list(MODES)}, got {self.adapt_mode!r}")
         if self.source is not None and not isinstance(self.source, dict):
             raise ValueError(f"mhr.source must be a data set node (a mapping with type), got {self.source!r}")
 

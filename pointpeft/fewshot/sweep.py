@@ -214,11 +214,11 @@ def plan_sweep(cfg: Config, method: str, opts: FewShotOptions, root: str | Path,
 
 def run_sweep(cfg: Config, method: str, opts: FewShotOptions, root: str | Path = "experiments",
               ckpt: str | None = None, overwrite: bool = False, log_level: int = 20,
-              extra: dict[str, Any] | None = None) -> SweepReport:
+              extra: dict[str, Any] | None = None, folds_root: Path | None = None) -> SweepReport:
     """Make the episodes (when asked), train every pending fold, and write ``<root>/fewshot/<method>/fewshot.{json,
-    md}`` and the all-methods table ``<root>/fewshot/table.{json,md}``."""
+    md}`` and the all-methods table ``<root>/fewshot/table.{json,md}``. ``folds_root``: episodes already made."""
     t0 = time.time()
-    folds_root = ensure_folds(opts)
+    folds_root = folds_root if folds_root is not None else ensure_folds(opts)
     todo, done = plan_sweep(cfg, method, opts, root, ckpt, folds_root, overwrite, log_level)
     log.info("few-shot %s: %d fold(s) to train, %d finished before (%s)", method, len(todo), len(done),
              ", ".join(column_name(w, s) for w, s in opts.settings))
