@@ -175,6 +175,9 @@ def _worker(job_dict: dict[str, Any]) -> dict[str, Any]:
         return {"status": "finished", "results": res}
     except PointPeftError as e:
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    except Exception as e:  # noqa: BLE001 - a crash in one fold is reported with the others, traceback in the log
+        log.exception("fold %s crashed", job.run_dir)
+        return {"status": "failed", "error": f"{type(e).__name__}: {e} (traceback in {job.run_dir}/train.log)"}
 
 
 @dataclass
@@ -228,7 +231,10 @@ def run_sweep(cfg: Config, method: str, opts: FewShotOptions, root: str | Path =
         with ProcessPoolExecutor(max_workers=min(opts.jobs, len(todo)), mp_context=ctx) as pool:
             futures = {job.run_dir: pool.submit(_worker, asdict(job)) for job in todo}
             for run_dir, fut in futures.items():
-                out = fut.result()
+                try:
+                    out = fut.result()
+                except Exception as e:  # noqa: BLE001 - e.g. a worker killed for memory (BrokenProcessPool)
+                    out = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
                 _record(out, run_dir, trained, failed)
     else:
         for job in todo:
