@@ -200,7 +200,7 @@ def test_real_modelnet40_5way10shot_beats_chance(tmp_path: Path, modelnet_h5_roo
     assert acc >= 40.0, f"query accuracy {acc:.1f}% is not clearly above chance (20%)"
 
 
-def test_mhr_protocol_end_to_end(tmp_path: Path) -> None:
+def test_mhr_protocol_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Inventories trained on disjoint class tasks of the synthetic set, then 3-way 4-shot adaptation to the
     held-out classes with Poly, MHR, MHR-z and MHR-μ; MHR-z keeps the inventory, MHR-μ has no routing."""
     import torch
@@ -246,5 +246,17 @@ def test_mhr_protocol_end_to_end(tmp_path: Path) -> None:
     assert mu[key].shape[0] == 1 and routing not in mu  # averaged inventory, no routing
     poly = read_train_state(base / "multitask_poly/ckpt-last.pth")["model"]
     assert poly[routing].shape[1] == 1 and inv[routing].shape[1] == 2  # Poly: one head, MHR: 2 heads
+    # an adapted fold is an ordinary run folder: its config's peft describes the adapted model
+    from pointpeft.engine.evaluate import load_run_model, test_model
+
+    for mode in ("mhr_z", "mhr_mu"):
+        res = json.loads((base / mode / fold / "results.json").read_text())
+        assert res["config"]["peft"]["mode"] == mode
+        model, run_cfg = load_run_model(base / mode / fold, "best")
+        assert test_model(model, run_cfg)["acc"] == pytest.approx(res["best"]["acc"])
     # a rerun reuses the inventories and the finished folds
+    capsys.readouterr()
+    stamp = (base / "multitask_mhr/results.json").stat().st_mtime_ns
     assert fewshot_main(argv) == 0
+    assert "0 fold(s) trained, 4 finished before, 0 failed" in capsys.readouterr().out
+    assert (base / "multitask_mhr/results.json").stat().st_mtime_ns == stamp

@@ -248,21 +248,33 @@ def load_inventory(model: nn.Module, run_dir: str | Path) -> list[str]:
 
 @TASKS.register("mhr_fewshot")
 class MhrFewShotClassification(ClassificationTask):
-    """Few-shot adaptation of a multi-task inventory: the model is built, the inventory of ``fewshot.mhr.inventory``
-    loaded, a routing row added for the unseen task, and the mode switched to ``fewshot.mhr.adapt_mode``."""
+    """Few-shot adaptation of a multi-task inventory: a model shaped as in multi-task training
+    (``fewshot.mhr.trained_mode``, ``train_tasks`` routing rows) gets the inventory of ``fewshot.mhr.inventory``,
+    a routing row for the unseen task, and the mode ``fewshot.mhr.adapt_mode``. The result must be the model that
+    ``peft:`` describes, so the run folder loads like any other (tools/test.py, ``load_run_model``)."""
 
     def build_model(self, cfg: Config | None = None, ckpt: str | None = None) -> nn.Module:
+        from pointpeft.peft import build_peft_config
+
         cfg = self.cfg if cfg is None else cfg
         node = (cfg.get("fewshot") or {}).get("mhr") or {}
         mopts = MhrProtocolOptions(**node)
-        if not mopts.inventory or not mopts.adapt_mode:
-            raise ConfigError(f"{cfg.source_of('fewshot.mhr')}: train.task mhr_fewshot needs fewshot.mhr.inventory "
-                              "and fewshot.mhr.adapt_mode (tools/fewshot.py --protocol mhr sets them)")
-        model = build_classifier(cfg, ckpt)
+        if not (mopts.inventory and mopts.adapt_mode and mopts.trained_mode and mopts.train_tasks):
+            raise ConfigError(f"{cfg.source_of('fewshot.mhr')}: train.task mhr_fewshot needs fewshot.mhr.inventory, "
+                              "adapt_mode, trained_mode and train_tasks (tools/fewshot.py --protocol mhr sets them)")
+        trained = _copy(cfg)
+        _set(trained, "peft", {**dict(cfg.get("peft") or {}), "mode": mopts.trained_mode,
+                               "num_tasks": mopts.train_tasks})
+        model = build_classifier(trained, ckpt)
         copied = load_inventory(model, mopts.inventory)
         if mopts.adapt_mode != "mhr_mu":
             add_task(model, init=mopts.routing_init)
         to_mode(model, mopts.adapt_mode)
+        have, want = unwrap(model).peft_config.to_dict(), build_peft_config(dict(cfg.get("peft") or {})).to_dict()
+        if have != want:
+            diff = {k: (have.get(k), want.get(k)) for k in set(have) | set(want) if have.get(k) != want.get(k)}
+            raise ConfigError(f"{cfg.source_of('peft')}: after adaptation the model's peft config differs from peft: "
+                              f"{diff} (model vs config)")
         log.info("mhr few-shot: %d tensors from %s, mode %s", len(copied), mopts.inventory, mopts.adapt_mode)
         return model
 
@@ -322,11 +334,13 @@ def adaptation_config(cfg: Config, mopts: MhrProtocolOptions, inventory: Path, t
     """The few-shot config of one adaptation mode (the sweep then fills each fold's data)."""
     out = _copy(cfg)
     peft = dict(out.get("peft") or {})
-    peft.update(mode=trained_mode, num_tasks=num_tasks)
+    peft.update(mode=adapt_mode, num_tasks=num_tasks + (adapt_mode != "mhr_mu"))  # + the unseen task's row
     _set(out, "peft", peft)
     _set(out, "train.task", "mhr_fewshot")
     _set(out, "fewshot.mhr.inventory", str(inventory))
     _set(out, "fewshot.mhr.adapt_mode", adapt_mode)
+    _set(out, "fewshot.mhr.trained_mode", trained_mode)
+    _set(out, "fewshot.mhr.train_tasks", num_tasks)
     if adapt_mode in mopts.adapt_lr:
         _set(out, "optimizer.lr", float(mopts.adapt_lr[adapt_mode]))
     return out

@@ -79,6 +79,8 @@ class MhrProtocolOptions:
     # set by the protocol in each adaptation fold's config (not by hand):
     inventory: str | None = None  # the multi-task run whose ckpt-last.pth holds the inventory
     adapt_mode: str | None = None  # poly | mhr | mhr_z | mhr_mu for this fold
+    trained_mode: str | None = None  # poly | mhr: the mode (and peft.num_tasks) the inventory was trained with
+    train_tasks: int | None = None
 
     def __post_init__(self) -> None:
         from pointpeft.peft.mhr import MODES
@@ -97,8 +99,9 @@ class MhrProtocolOptions:
             raise ValueError(f"mhr.adapt_lr keys must be modes {list(MODES)}, got {bad}")
         if self.routing_init not in ("mean", "uniform"):
             raise ValueError(f"mhr.routing_init must be mean or uniform, got {self.routing_init!r}")
-        if self.adapt_mode is not None and self.adapt_mode not in MODES:
-            raise ValueError(f"mhr.adapt_mode must be one of {list(MODES)}, got {self.adapt_mode!r}")
+        for name in ("adapt_mode", "trained_mode"):
+            if getattr(self, name) is not None and getattr(self, name) not in MODES:
+                raise ValueError(f"mhr.{name} must be one of {list(MODES)}, got {getattr(self, name)!r}")
         if self.source is not None and not isinstance(self.source, dict):
             raise ValueError(f"mhr.source must be a data set node (a mapping with type), got {self.source!r}")
 
