@@ -51,6 +51,10 @@ def test_options_parse_and_reject_unknown_keys(tmp_path: Path) -> None:
     assert opts.report == "last" and opts.query == 20
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['fewshot.wayz'\]"):
         fewshot_options(load_config(REPO / "cfgs/fewshot/full.yaml", ["fewshot.wayz=5"]))
+    with pytest.raises(ConfigError, match=r"<override>: unknown key\(s\) \['fewshot.mhr.num_task'\]"):
+        fewshot_options(load_config(REPO / "cfgs/fewshot/mhr.yaml", ["fewshot.mhr.num_task=3"]))
+    with pytest.raises(ConfigError, match="mhr.modes must be"):
+        fewshot_options(load_config(REPO / "cfgs/fewshot/mhr.yaml", ["fewshot.mhr.modes=[mhr_x]"]))
     with pytest.raises(ConfigError, match="report must be one of"):
         fewshot_options(load_config(REPO / "cfgs/fewshot/full.yaml", ["fewshot.report=max"]))
     # every method config loads with its registered peft type

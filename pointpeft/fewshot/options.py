@@ -144,8 +144,11 @@ class FewShotOptions:
 
 
 def fewshot_options(cfg: Config) -> FewShotOptions:
-    """The checked ``fewshot:`` section of ``cfg``."""
-    return build_dataclass(FewShotOptions, cfg.get("fewshot"), "fewshot", cfg)
+    """The checked ``fewshot:`` section of ``cfg`` (``fewshot.mhr`` is checked too, used or not)."""
+    opts = build_dataclass(FewShotOptions, cfg.get("fewshot"), "fewshot", cfg)
+    if opts.mhr is not None:
+        mhr_options(cfg, opts)
+    return opts
 
 
 def mhr_options(cfg: Config, opts: FewShotOptions) -> MhrProtocolOptions:
