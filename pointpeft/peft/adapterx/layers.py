@@ -49,14 +49,27 @@ class ExpertPool(nn.Module):
         return h @ self.w_up[e] + self.b_up[e]
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """``scale * gate[n] * expert_{idx[n]}(x[n])`` for every row of ``x`` (N, d)."""
-        order = idx.argsort()
-        counts = torch.bincount(idx, minlength=self.num_experts).tolist()
-        chunks = x.index_select(0, order).split(counts)
-        ys = [self.expert(e, c) for e, c in enumerate(chunks) if c.shape[0]]
-        y = torch.cat(ys) if ys else x.new_zeros(0, self.dim)
-        out = torch.empty_like(y).index_copy(0, order, y)
-        return out * (gate * self.scale).unsqueeze(-1)
+        """``scale * gate[n] * expert_{idx[n]}(x[n])`` for every row of ``x`` (N, d).
+
+        Runs in float32 with autocast off: the per-expert GEMMs change shape every step, and under bf16 autocast each
+        new shape made oneDNN build a kernel (340 us vs 25 us per GEMM), which made a bf16 step 2-3x slower than fp32
+        (benchmarks/README.md); the experts are ~1% of a step's FLOPs. The gate multiplies the r-wide hidden units
+        (``g*(h W + b) = (g*h) W + g*b``), so no d-wide copy is kept for its gradient.
+        """
+        dtype, wdtype = x.dtype, self.w_down.dtype  # compute in the weights' own dtype (fp32, or fp64 in tests)
+        with torch.autocast(x.device.type, enabled=False):
+            order = idx.argsort()
+            counts = torch.bincount(idx, minlength=self.num_experts).tolist()
+            xs = x.to(wdtype).index_select(0, order).split(counts)
+            gs = (gate.to(wdtype) * self.scale).index_select(0, order).unsqueeze(-1).split(counts)
+            ys = []
+            for e, (c, g) in enumerate(zip(xs, gs, strict=True)):
+                if c.shape[0]:
+                    h = self.dropout(F.gelu(torch.addmm(self.b_down[e], c, self.w_down[e]))) * g
+                    ys.append(torch.addmm(g * self.b_up[e], h, self.w_up[e]))
+            y = torch.cat(ys) if ys else x.new_zeros(0, self.dim, dtype=wdtype)
+            out = torch.empty_like(y).index_copy(0, order, y)
+        return out.to(dtype)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, dim={self.dim}, bottleneck={self.bottleneck}, scale={self.scale}"
