@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,32 @@ CFG_DIR = REPO / "cfgs" / "demo"
 METHODS: dict[str, str] = {"adapterx": "Adapter-X", "full": "full fine-tuning", "linear": "linear probe"}
 SHARED_DATA = Path(os.environ.get("POINTPEFT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """One ``--data`` choice: where its fine-tune configs live and what comes before them."""
+
+    finetune_dir: Path  # holds <method>.yaml for every key of METHODS
+    pretrain: Path | None  # the MAE pretraining config; None: the fine-tune configs bring their own weights
+    clouds: bool  # point clouds (cloud PNGs) or images
+    quick: tuple[str, ...]  # --quick overrides of the fine-tune configs
+    note: str = ""
+
+
 #: --quick: a smoke run of the same flow (every file is written; the numbers mean nothing).
 QUICK_PRETRAIN = ["model.depth=2", "data.train.num_samples=48", "data.val.num_samples=24", "data.batch_size=16",
                   "train.epochs=2", "train.max_steps_per_epoch=2"]
-QUICK_FINETUNE = ["model.depth=2", "train.epochs=2", "train.max_steps_per_epoch=2", "data.batch_size=16"]
-QUICK_DATA = {"synthetic": ["data.train.num_samples=48", "data.val.num_samples=24"],
-              "modelnet40": ["train.max_steps_per_epoch=2"]}
+_QUICK_POINTS = ("model.depth=2", "train.epochs=2", "train.max_steps_per_epoch=2", "data.batch_size=16")
+DEMOS: dict[str, DemoData] = {
+    "synthetic": DemoData(CFG_DIR / "synthetic", CFG_DIR / "pretrain.yaml", True,
+                          (*_QUICK_POINTS, "data.train.num_samples=48", "data.val.num_samples=24")),
+    "modelnet40": DemoData(CFG_DIR / "modelnet40", CFG_DIR / "pretrain.yaml", True, _QUICK_POINTS),
+    "digits2d": DemoData(REPO / "cfgs" / "vit" / "digits", None, False,
+                         ("train.epochs=2", "train.max_steps_per_epoch=2"),
+                         note="2D path: vit_test_tiny on scikit-learn digits from random weights (no pretrained "
+                              "ViT offline), so the linear probe only shows what a random backbone gives"),
+}
 
 
 def default_modelnet_root() -> Path:
@@ -90,6 +111,13 @@ def run_one(cfg: Config, run_dir: Path, ckpt: str | None = None) -> tuple[Any, d
     return trainer, results, time.perf_counter() - t0
 
 
+def check_data(cfg: Config) -> None:
+    """Open the fine-tuning validation set before minutes of pretraining: a missing ModelNet40 folder fails now."""
+    from pointpeft.data import build_dataset
+
+    build_dataset(cfg["data"]["val"], cfg, "data.val")
+
+
 def progress_override() -> str:
     """tqdm bars when someone watches a terminal; per-epoch log lines always."""
     return f"train.progress={'on' if sys.stderr.isatty() else 'off'}"
@@ -113,23 +141,26 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([line(head), sep, *(line(b) for b in body)])
 
 
-def make_plots(out: Path, pretrain_dir: Path, rows: Sequence[dict[str, Any]], title: str) -> dict[str, str]:
-    """Fine-tuning curves, pretraining curves and accuracy vs trainable parameters (pointpeft.viz.plots)."""
+def make_plots(out: Path, rows: Sequence[dict[str, Any]], title: str) -> dict[str, str]:
+    """Fine-tuning curves and accuracy vs trainable parameters (pointpeft.viz.plots)."""
     from pointpeft.viz.plots import ParamPoint, load_run, plot_accuracy_vs_params, plot_curves
 
     runs = [load_run(r["run_dir"], label=r["label"], need_history=True) for r in rows]
-    figs = {
-        "curves": plot_curves(runs, out / "curves.png", metrics=["train_loss", "train_acc", "val_acc"]),
-        "pretrain_curves": plot_curves([load_run(pretrain_dir, label="Point-MAE", need_history=True)],
-                                       out / "pretrain-curves.png", metrics=["train_loss", "val_cd_l2"]),
-        "accuracy_vs_params": plot_accuracy_vs_params(
-            [ParamPoint(r["label"], r["trainable"], r["acc"], r["total"]) for r in rows],
-            out / "accuracy-vs-params.png", title=title),
-    }
-    return {k: str(v) for k, v in figs.items()}
+    curves = plot_curves(runs, out / "curves.png", metrics=["train_loss", "train_acc", "val_acc"])
+    params = plot_accuracy_vs_params([ParamPoint(r["label"], r["trainable"], r["acc"], r["total"]) for r in rows],
+                                     out / "accuracy-vs-params.png", title=title)
+    return {"curves": str(curves), "accuracy_vs_params": str(params)}
 
 
-def make_cloud_pngs(out: Path, finetuned: Any, pretrain_model: Any, num: int = 6) -> dict[str, Any]:
+def plot_pretrain(out: Path, pretrain_dir: Path) -> str:
+    """The MAE's training loss and held-out Chamfer-L2 per epoch."""
+    from pointpeft.viz.plots import load_run, plot_curves
+
+    run = load_run(pretrain_dir, label="Point-MAE", need_history=True)
+    return str(plot_curves([run], out / "pretrain-curves.png", metrics=["train_loss", "val_cd_l2"]))
+
+
+def make_cloud_pngs(out: Path, finetuned: Any, pretrain_model: Any | None, num: int = 6) -> dict[str, Any]:
     """clouds.png: ``num`` validation clouds titled 'true / predicted' by the fine-tuned Adapter-X (green right,
     red wrong); reconstruction.png: the MAE's input, visible patches and reconstruction of the first one."""
     import torch
@@ -145,50 +176,69 @@ def make_cloud_pngs(out: Path, finetuned: Any, pretrain_model: Any, num: int = 6
     backend = resolve_backend("auto")
     render_panels(prediction_panels(clouds.numpy(), labels, preds, list(ds.classes)), out / "clouds.png",
                   ncols=3, suptitle="validation clouds: true / predicted by Adapter-X")
-    panels, legend = recon_panels(pretrain_model, clouds[0], seed=0)
-    render_panels(panels, out / "reconstruction.png", ncols=3, legend=legend, same_scale=True,
-                  suptitle="Point-MAE: masked patches reconstructed")
+    figures: dict[str, Any] = {"clouds": str(out / "clouds.png")}
+    if pretrain_model is not None:
+        panels, legend = recon_panels(pretrain_model, clouds[0], seed=0)
+        render_panels(panels, out / "reconstruction.png", ncols=3, legend=legend, same_scale=True,
+                      suptitle="Point-MAE: masked patches reconstructed")
+        figures["reconstruction"] = str(out / "reconstruction.png")
     works, reason = open3d_status()
     used = "open3d" if backend == "open3d" and works else "matplotlib"
     if used == "open3d":
         log.info("clouds rendered with Open3D (offscreen)")
     else:
         log.warning("clouds rendered with matplotlib, not Open3D: %s", reason)
-    return {"clouds": str(out / "clouds.png"), "reconstruction": str(out / "reconstruction.png"),
-            "renderer": used, "renderer_note": reason}
+    figures.update(renderer=used, renderer_note=reason)
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the flow
 # ---------------------------------------------------------------------------------------------------------------
+def pretrain_backbone(cfg_path: Path, out: Path, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
+    """Step 1: the Point-MAE pretraining run; (trainer, summary) with the pretrain.pth path."""
+    pre_dir = out / "pretrain"
+    trainer, res, secs = run_one(load_config(cfg_path, overrides), pre_dir)
+    ckpt = pre_dir / "pretrain.pth"
+    if not ckpt.is_file():
+        raise ConfigError(f"{cfg_path}: the pretraining wrote no {ckpt}")
+    info = {"config": str(cfg_path.relative_to(REPO)), "run_dir": str(pre_dir), "ckpt": str(ckpt),
+            "epochs": res["epochs_done"], "cd_l2_first": res["history"][0].get("val_cd_l2"),
+            "cd_l2": res["last"].get("val_cd_l2"), "params": res["params"]["total"], "time_s": round(secs, 1)}
+    log.info("pretraining: Chamfer-L2 of the hidden patches %.4f -> %.4f in %d epochs (%.0f s)",
+             info["cd_l2_first"], info["cd_l2"], info["epochs"], secs)
+    return trainer, info
+
+
 def demo(data: str, out: Path, quick: bool = False, data_root: Path | None = None, seed: int = 0) -> dict[str, Any]:
     """Pretrain, fine-tune every method, write the summary and figures; returns the summary dict."""
     t_start = time.perf_counter()
+    spec = DEMOS[data]
     out.mkdir(parents=True, exist_ok=True)
     common = [progress_override(), f"seed={seed}"]
+    if spec.note:
+        log.info("%s", spec.note)
 
-    log.info("step 1/3: Point-MAE pretraining of the demo backbone on the embedded synthetic shapes")
-    pre_cfg = load_config(CFG_DIR / "pretrain.yaml", [*common, *(QUICK_PRETRAIN if quick else [])])
-    pre_dir = out / "pretrain"
-    pre_trainer, pre_res, pre_time = run_one(pre_cfg, pre_dir)
-    ckpt = pre_dir / "pretrain.pth"
-    if not ckpt.is_file():
-        raise ConfigError(f"{CFG_DIR / 'pretrain.yaml'}: the pretraining wrote no {ckpt}")
-    pretrain = {"run_dir": str(pre_dir), "ckpt": str(ckpt), "epochs": pre_res["epochs_done"],
-                "cd_l2_first": pre_res["history"][0].get("val_cd_l2"), "cd_l2": pre_res["last"].get("val_cd_l2"),
-                "params": pre_res["params"]["total"], "time_s": round(pre_time, 1)}
-    log.info("pretraining: Chamfer-L2 of the hidden patches %.4f -> %.4f in %d epochs (%.0f s)",
-             pretrain["cd_l2_first"], pretrain["cd_l2"], pretrain["epochs"], pre_time)
+    ft_over = [*common, *data_overrides(data, data_root), *(spec.quick if quick else ())]
+    ft_cfgs = {m: load_config(spec.finetune_dir / f"{m}.yaml", ft_over) for m in METHODS}
+    check_data(ft_cfgs[next(iter(METHODS))])
 
-    log.info("step 2/3: fine-tuning %s from %s", ", ".join(METHODS.values()), ckpt)
+    pre_trainer, pretrain, ckpt = None, None, None
+    if spec.pretrain is not None:
+        log.info("step 1/3: Point-MAE pretraining of the demo backbone on the embedded synthetic shapes")
+        pre_trainer, pretrain = pretrain_backbone(spec.pretrain, out, [*common, *(QUICK_PRETRAIN if quick else [])])
+        ckpt = pretrain["ckpt"]
+    else:
+        log.info("step 1/3: no pretraining for --data %s (the configs' model section says where weights come "
+                 "from)", data)
+
+    log.info("step 2/3: fine-tuning %s%s", ", ".join(METHODS.values()), f" from {ckpt}" if ckpt else "")
     rows: list[dict[str, Any]] = []
     trainers: dict[str, Any] = {}
-    ft_over = [*common, *data_overrides(data, data_root),
-               *(QUICK_FINETUNE + QUICK_DATA.get(data, []) if quick else [])]
     for method, label in METHODS.items():
-        cfg_path = CFG_DIR / data / f"{method}.yaml"
+        cfg_path = spec.finetune_dir / f"{method}.yaml"
         log.info("-- %s (%s)", label, cfg_path.relative_to(REPO))
-        trainer, res, secs = run_one(load_config(cfg_path, ft_over), out / method, ckpt=str(ckpt))
+        trainer, res, secs = run_one(ft_cfgs[method], out / method, ckpt=ckpt)
         trainers[method] = trainer
         last = res["last"]
         rows.append({"method": method, "label": label, "config": str(cfg_path.relative_to(REPO)),
@@ -200,12 +250,14 @@ def demo(data: str, out: Path, quick: bool = False, data_root: Path | None = Non
 
     log.info("step 3/3: table, figures")
     table = format_table(rows)
-    title = f"demo on {data}: accuracy vs trainable parameters"
-    figures = make_plots(out, pre_dir, rows, title)
-    figures.update(make_cloud_pngs(out, trainers["adapterx"], pre_trainer.model))
+    figures = make_plots(out, rows, f"demo on {data}: accuracy vs trainable parameters")
+    if pretrain is not None:
+        figures["pretrain_curves"] = plot_pretrain(out, Path(pretrain["run_dir"]))
+    if spec.clouds:
+        figures.update(make_cloud_pngs(out, trainers["adapterx"], pre_trainer.model if pre_trainer else None))
     by = {r["method"]: r for r in rows}
     summary = {
-        "data": data, "quick": quick, "seed": seed,
+        "data": data, "quick": quick, "seed": seed, "note": spec.note or None,
         "pretrain": pretrain,
         "runs": rows,
         "comparison": {"adapterx_minus_linear": round(by["adapterx"]["acc"] - by["linear"]["acc"], 2),
@@ -224,8 +276,8 @@ def demo(data: str, out: Path, quick: bool = False, data_root: Path | None = Non
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="synthetic", choices=["synthetic", "modelnet40"],
-                   help="fine-tuning data: the embedded synthetic shapes or the real ModelNet40 (HDF5)")
+    p.add_argument("--data", default="synthetic", choices=list(DEMOS),
+                   help="fine-tuning data: the embedded synthetic shapes, the real ModelNet40 (HDF5), or digits2d (the ViT path on scikit-learn digits, `make demo2d`)")
     p.add_argument("--data-root", type=Path, default=None,
                    help="ModelNet40 folder for --data modelnet40 (default: ../shared/data/modelnet40_ply_hdf5_1024 "
                    "when present, else datasets/ModelNet40)")
@@ -250,18 +302,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    pre = summary["pretrain"]
     print()
-    print(f"pretraining ({pre['epochs']} epochs, {pre['time_s']:.0f} s): held-out Chamfer-L2 "
-          f"{pre['cd_l2_first']:.4f} -> {pre['cd_l2']:.4f}")
+    pre = summary["pretrain"]
+    if pre is not None:
+        print(f"pretraining ({pre['epochs']} epochs, {pre['time_s']:.0f} s): held-out Chamfer-L2 "
+              f"{pre['cd_l2_first']:.4f} -> {pre['cd_l2']:.4f}")
+    if summary["note"]:
+        print(f"note: {summary['note']}")
     print(f"fine-tuning on {summary['data']} (accuracy = last epoch on the validation split):")
     print(summary["table"])
     cmp_ = summary["comparison"]
     print(f"Adapter-X vs linear probe: {cmp_['adapterx_minus_linear']:+.2f} points; "
           f"vs full fine-tuning: {cmp_['adapterx_minus_full']:+.2f} points")
-    fig = summary["figures"]
-    print(f"figures: {fig['curves']}, {fig['pretrain_curves']}, {fig['accuracy_vs_params']}, {fig['clouds']}, "
-          f"{fig['reconstruction']} (clouds drawn with {fig['renderer']})")
+    figs = summary["figures"]
+    pngs = ", ".join(v for k, v in figs.items() if isinstance(v, str) and v.endswith(".png"))
+    drawn = f" (clouds drawn with {figs['renderer']})" if "renderer" in figs else ""
+    print(f"figures: {pngs}{drawn}")
     print(f"summary: {out / 'demo-results.json'}; total {summary['total_time_s']:.0f} s")
     return 0
 
