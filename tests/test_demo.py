@@ -36,7 +36,7 @@ def test_quick_demo_prints_the_table(quick_demo: tuple[Path, str]) -> None:
         assert len(cells) == 5
         assert int(cells[1].replace(",", "")) > 0
         assert 0 < float(cells[2]) <= 100 and 0 <= float(cells[3]) <= 100 and float(cells[4]) >= 0
-    assert re.search(r"Chamfer-L2 \d+\.\d+ -> \d+\.\d+", stdout)
+    assert re.search(r"Chamfer-L2 \d+\.\d+ \(epoch 1\) -> \d+\.\d+ \(epoch 2\)", stdout)
 
 
 def test_quick_demo_writes_summary_runs_and_figures(quick_demo: tuple[Path, str]) -> None:

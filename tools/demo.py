@@ -30,21 +30,17 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python tools/demo.py` from a checkout without an installed package
-    sys.path.insert(0, str(REPO))
-
-from pointpeft.config import Config, load_config  # noqa: E402
-from pointpeft.errors import ConfigError, PointPeftError  # noqa: E402
-from pointpeft.utils.misc import get_logger, setup_logging  # noqa: E402
+from pointpeft.config import Config, load_config
+from pointpeft.errors import ConfigError, PointPeftError
+from pointpeft.utils.misc import get_logger, setup_logging
 
 log = get_logger("demo")
+REPO = Path(__file__).resolve().parents[1]
 
 CFG_DIR = REPO / "cfgs" / "demo"
 #: The fine-tuned methods, in table order, with their display names (configs: cfgs/demo/<data>/<method>.yaml).
 METHODS: dict[str, str] = {"adapterx": "Adapter-X", "full": "full fine-tuning", "linear": "linear probe"}
 SHARED_DATA = Path(os.environ.get("POINTPEFT_SHARED_DATA", REPO.parent / "shared" / "data"))
-
 
 
 @dataclass(frozen=True)
@@ -208,7 +204,7 @@ def pretrain_backbone(cfg_path: Path, out: Path, overrides: list[str]) -> tuple[
     info = {"config": str(cfg_path.relative_to(REPO)), "run_dir": str(pre_dir), "ckpt": str(ckpt),
             "epochs": res["epochs_done"], "cd_l2_first": res["history"][0].get("val_cd_l2"),
             "cd_l2": res["last"].get("val_cd_l2"), "params": res["params"]["total"], "time_s": round(secs, 1)}
-    log.info("pretraining: Chamfer-L2 of the hidden patches %.4f -> %.4f in %d epochs (%.0f s)",
+    log.info("pretraining: Chamfer-L2 of the hidden patches %.4f (epoch 1) -> %.4f in %d epochs (%.0f s)",
              info["cd_l2_first"], info["cd_l2"], info["epochs"], secs)
     return trainer, info
 
@@ -285,12 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="ModelNet40 folder for --data modelnet40 (default: ../shared/data/modelnet40_ply_hdf5_1024 "
                    "when present, else datasets/ModelNet40)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: experiments/demo, experiments/demo-<data> for other data)")
+                   help="output folder (default: experiments/demo, experiments/demo/<data> for other data)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the flow in well under a minute")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    out = args.out or Path("experiments") / ("demo" if args.data == "synthetic" else f"demo-{args.data}")
+    out = args.out or Path("experiments") / "demo" / ("" if args.data == "synthetic" else args.data)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(logging.INFO, log_file=out / "demo.log")
     if args.threads:
@@ -309,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = summary["pretrain"]
     if pre is not None:
         print(f"pretraining ({pre['epochs']} epochs, {pre['time_s']:.0f} s): held-out Chamfer-L2 "
-              f"{pre['cd_l2_first']:.4f} -> {pre['cd_l2']:.4f}")
+              f"{pre['cd_l2_first']:.4f} (epoch 1) -> {pre['cd_l2']:.4f} (epoch {pre['epochs']})")
     if summary["note"]:
         print(f"note: {summary['note']}")
     print(f"fine-tuning on {summary['data']} (accuracy = last epoch on the validation split):")
