@@ -103,14 +103,33 @@ def main(argv: list[str] | None = None) -> int:
     table = build_table(args.methods)
     print(table, end="")
     out = Path(args.out)
+    readme = ROOT / "README.md"
+    readme_text = readme.read_text() if readme.is_file() else ""
+    new_readme = with_readme_table(readme_text, table)
     if args.check:
-        if not out.is_file() or out.read_text() != table:
-            print(f"{out} is out of date; run python tools/param_table.py", file=sys.stderr)
-            return 1
-        return 0
+        stale = [p for p, now, want in ((out, out.read_text() if out.is_file() else None, table),
+                                        (readme, readme_text, new_readme)) if now != want]
+        for p in stale:
+            print(f"{p} is out of date; run python tools/param_table.py", file=sys.stderr)
+        return 1 if stale else 0
     atomic_write_text(out, table)
-    print(f"wrote {out}", file=sys.stderr)
+    if new_readme != readme_text:
+        atomic_write_text(readme, new_readme)
+    print(f"wrote {out} (and the README's copy)", file=sys.stderr)
     return 0
+
+
+README_START, README_END = "<!-- params:start (tools/param_table.py) -->", "<!-- params:end -->"
+
+
+def with_readme_table(readme: str, table: str) -> str:
+    """The README with the table (from its first ``|`` line on) between the markers, when it has them."""
+    if README_START not in readme or README_END not in readme:
+        return readme
+    rows = "\n".join(line for line in table.splitlines() if line.startswith("|"))
+    head, rest = readme.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{rows}\n{README_END}{tail}"
 
 
 if __name__ == "__main__":
