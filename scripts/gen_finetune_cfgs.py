@@ -28,6 +28,8 @@ METHODS: dict[str, tuple[dict[str, Any], str]] = {
     "full": ({"peft": {"type": "full"}}, "full fine-tuning"),
     "linear": ({"peft": {"type": "linear"}}, "linear probe (head only)"),
     "adapterx": ({"peft": {"type": "adapterx"}}, "Adapter-X (shared SMoA, prompt generators, block norms)"),
+    "adapterx_per_block": ({"peft": {"type": "adapterx", "router": "per_block"}, "exp_name": "adapterx_per_block"},
+                           "Adapter-X with a router per block (the experts stay shared)"),
     "adapter": ({"peft": {"type": "adapter"}}, "bottleneck adapter"),
     "adaptformer": ({"peft": {"type": "adaptformer"}}, "AdaptFormer (parallel scaled adapter)"),
     "adaptformer_x": ({"peft": {"type": "adaptformer", "x_mode": True}}, "AdaptFormer-X (x_mode)"),

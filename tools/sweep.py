@@ -24,7 +24,7 @@ from pointpeft.utils.misc import get_logger, setup_logging
 
 log = get_logger("sweep")
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["linear", "adapterx", "full", "dapt", "idpt", "vpt_deep", "lora", "adaptformer", "mosa", "mhr"]
+METHODS = ["linear", "adapterx", "adapterx_per_block", "full", "dapt", "idpt", "vpt_deep", "lora", "adaptformer", "mosa", "mhr"]
 
 
 def _status(run_dir: Path) -> str:

@@ -14,8 +14,12 @@ from pointpeft.errors import DataError
 
 
 def method_label(results: dict[str, Any]) -> str:
-    """``adapterx``, ``adaptformer_x`` (x_mode), ``full``... from a run's resolved config."""
-    peft = (results.get("config") or {}).get("peft") or {"type": results.get("method") or "full"}
+    """``adapterx``, ``adaptformer_x`` (x_mode), ``full``... from a run's resolved config; a config that sets
+    ``exp_name`` (a variant such as ``adapterx_per_block``) is labelled by it."""
+    cfg = results.get("config") or {}
+    if cfg.get("exp_name"):
+        return str(cfg["exp_name"])
+    peft = cfg.get("peft") or {"type": results.get("method") or "full"}
     kind = str(peft.get("type") or "full").lower()
     return f"{kind}_x" if peft.get("x_mode") else kind
 
