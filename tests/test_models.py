@@ -90,3 +90,25 @@ def test_tokenizer_frozen_runs_without_grad():
     m.cls_token.requires_grad_(True)
     m(torch.rand(2, 64, 3)).sum().backward()
     assert m.cls_token.grad is not None
+
+
+def test_warm_start_batchnorm_statistics_start_from_the_data():
+    """Fresh BatchNorms take the first batch's statistics (not mean 0 / var 1), then average exponentially; a
+    trained one (large num_batches_tracked) updates exactly like nn.BatchNorm1d."""
+    from pointpeft.models.batchnorm import WarmStartBatchNorm1d, warm_start_momentum
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g) * 1e-3 + 0.5  # tiny-variance features, like Point-MAE's patch features
+    bn = WarmStartBatchNorm1d(8).train()
+    bn(x)
+    torch.testing.assert_close(bn.running_mean, x.mean(0))
+    torch.testing.assert_close(bn.running_var, x.var(0))  # unbiased, as nn.BatchNorm1d stores it
+    with torch.no_grad():
+        batch_stats = torch.nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        torch.testing.assert_close(bn.eval()(x), batch_stats, atol=1e-2, rtol=0)  # eval = what training saw
+    assert warm_start_momentum(bn) == pytest.approx(0.1 / (1 - 0.9**2))
+    ref, ours = torch.nn.BatchNorm1d(8), WarmStartBatchNorm1d(8)
+    for m in (ref, ours):
+        m.num_batches_tracked.fill_(10_000)
+        m.train()(x)
+    torch.testing.assert_close(ours.running_var, ref.running_var)

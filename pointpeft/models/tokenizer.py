@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointpeft.errors import InputError
+from pointpeft.models.batchnorm import WarmStartBatchNorm1d, warm_start_momentum
 from pointpeft.ops import farthest_point_sample, gather_points, knn_query
 
 
@@ -102,9 +103,7 @@ def _linear_bn_relu(x: torch.Tensor, conv: nn.Conv1d, bn: nn.BatchNorm1d) -> tor
 
 
 def _bn_momentum(bn: nn.BatchNorm1d) -> float:
-    if bn.momentum is not None:
-        return bn.momentum
-    return 1.0 / float(bn.num_batches_tracked + 1)  # cumulative moving average, as nn.BatchNorm1d
+    return warm_start_momentum(bn)  # see pointpeft.models.batchnorm: statistics start from the data
 
 
 def _count_batch(bn: nn.BatchNorm1d) -> None:
@@ -135,10 +134,10 @@ class Encoder(nn.Module):
         super().__init__()
         self.encoder_channel = encoder_channel
         self.first_conv = nn.Sequential(
-            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+            nn.Conv1d(3, 128, 1), WarmStartBatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, encoder_channel, 1)
+            nn.Conv1d(512, 512, 1), WarmStartBatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, encoder_channel, 1)
         )
 
     def forward(self, point_groups: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pointpeft.models.batchnorm import WarmStartBatchNorm1d
+
 
 def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     """(B, N, k) indices of the k nearest tokens of every token (itself included) by squared L2 in feature space."""
@@ -29,7 +31,7 @@ class EdgeConv(nn.Module):
         super().__init__()
         self.k = k
         self.proj = nn.Linear(2 * in_dim, out_dim, bias=False)
-        self.bn = nn.BatchNorm1d(out_dim)
+        self.bn = WarmStartBatchNorm1d(out_dim)
         self.act = nn.LeakyReLU(0.2) if activation == "leaky_relu" else nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ class DynamicPromptModule(nn.Module):
         super().__init__()
         self.convs = nn.ModuleList([EdgeConv(dim, dim, k, activation) for _ in range(num_edgeconv)])
         self.fuse = nn.Linear(dim * num_edgeconv, dim, bias=False)
-        self.fuse_bn = nn.BatchNorm1d(dim)
+        self.fuse_bn = WarmStartBatchNorm1d(dim)
         self.act = nn.LeakyReLU(0.2) if activation == "leaky_relu" else nn.ReLU()
         self.extra = nn.Linear(dim, dim * (num_prompts - 1)) if num_prompts > 1 else None
         self.num_prompts = num_prompts
