@@ -6,6 +6,7 @@ model lists in ``no_weight_decay()`` (the rule of Point-MAE, DAPT and timm).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -76,7 +77,7 @@ def build_optimizer(node: Mapping[str, Any] | None, model: nn.Module, cfg: Confi
         raise ConfigError(f"{where}: optimizer: {e}") from None
 
 
-class StepScheduler:
+class StepScheduler(abc.ABC):
     """A learning-rate schedule stepped once per optimizer step; ``lr_at(step)`` is the factor on the base lr.
 
     Stepping per iteration (not per epoch) keeps warm-up smooth on small data sets and makes resume exact: the state
@@ -90,8 +91,9 @@ class StepScheduler:
         self.step_count = 0
         self._apply()
 
+    @abc.abstractmethod
     def factor(self, step: int) -> float:
-        raise NotImplementedError
+        """Multiplier on the base learning rate at optimizer step ``step`` (0-based)."""
 
     def _apply(self) -> None:
         f = self.factor(self.step_count)

@@ -42,6 +42,7 @@ from pointpeft.fewshot.sweep import (
     run_sweep,
     write_combined_table,
 )
+from pointpeft.fewshot.sweep import _set as set_key
 from pointpeft.fewshot.table import format_table, read_fold
 from pointpeft.peft import training_forward, unwrap
 from pointpeft.peft.mhr import RoutedLora, add_task, set_task, to_mode
@@ -282,14 +283,7 @@ class MhrFewShotClassification(ClassificationTask):
 # -- the protocol --------------------------------------------------------------------------------------------------
 
 def _set(cfg: Config, dotted: str, value: Any) -> None:
-    node: Any = cfg
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
-    cfg.sources[dotted] = "<fewshot mhr protocol>"
+    set_key(cfg, dotted, value, "<fewshot mhr protocol>")
 
 
 def _copy(cfg: Config) -> Config:

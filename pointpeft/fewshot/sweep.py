@@ -45,7 +45,8 @@ def fold_run_dir(root: str | Path, method: str, way: int, shot: int, fold: int) 
     return Path(root) / "fewshot" / method / column_name(way, shot) / f"fold{fold}"
 
 
-def _set(cfg: Config, dotted: str, value: Any) -> None:
+def _set(cfg: Config, dotted: str, value: Any, source: str | None = None) -> None:
+    """Set ``dotted`` in ``cfg`` (creating sections) and record who set it."""
     node: Any = cfg
     parts = dotted.split(".")
     for p in parts[:-1]:
@@ -53,7 +54,7 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
-    cfg.sources[dotted] = SOURCE
+    cfg.sources[dotted] = source or SOURCE
 
 
 def fold_config(cfg: Config, folds_root: str | Path, way: int, shot: int, fold: int,

@@ -22,16 +22,22 @@ class LoraConfig(PeftConfig):
     def validate(self) -> None:
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
             raise ValueError(f"r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        if not self.target_modules:
-            raise ValueError("target_modules must name at least one of " + ", ".join(TARGETS))
-        bad = [t for t in self.target_modules if t not in TARGETS]
-        if bad:
-            raise ValueError(f"target_modules {bad} are not LoRA targets; allowed: {list(TARGETS)}")
+        self.target_modules = check_lora_options(self.dropout, self.target_modules)
 
     @property
     def scaling(self) -> float:
         return self.alpha / self.r
+
+
+def check_lora_options(dropout: float, target_modules: list[str] | str) -> list[str]:
+    """Validate the LoRA branch's dropout and targets (shared by LoRA and MHR's LoRA inventory); the targets as a
+    list."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    if not targets:
+        raise ValueError("target_modules must name at least one of " + ", ".join(TARGETS))
+    bad = [t for t in targets if t not in TARGETS]
+    if bad:
+        raise ValueError(f"target_modules {bad} are not LoRA targets; allowed: {list(TARGETS)}")
+    return targets

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pointpeft.peft.base import PeftConfig
-from pointpeft.peft.lora.config import TARGETS
+from pointpeft.peft.lora.config import check_lora_options
 
 MODES = ("poly", "mhr", "mhr_z", "mhr_mu")
 
@@ -49,15 +49,7 @@ class MhrConfig(PeftConfig):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.mode in ("mhr", "mhr_z") and self.r % self.heads:
             raise ValueError(f"r ({self.r}) must be divisible by heads ({self.heads}): heads are slices of the rank")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        if not self.target_modules:
-            raise ValueError("target_modules must name at least one of " + ", ".join(TARGETS))
-        bad = [t for t in self.target_modules if t not in TARGETS]
-        if bad:
-            raise ValueError(f"target_modules {bad} are not LoRA targets; allowed: {list(TARGETS)}")
+        self.target_modules = check_lora_options(self.dropout, self.target_modules)
         if self.routing_init < 0:
             raise ValueError(f"routing_init must be >= 0, got {self.routing_init!r}")
 
