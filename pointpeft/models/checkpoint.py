@@ -220,6 +220,11 @@ def _class_count_error(path: str, model: nn.Module, model_sd: Mapping[str, torch
         f"num_classes={c_ckpt}")
 
 
+#: tensors of Point-MAE / Point-BERT pretraining checkpoints that a fine-tune model never has
+PRETRAIN_ONLY_PREFIXES = ("MAE_decoder.", "increase_dim.", "mask_token", "decoder_pos_embed.", "lm_head.",
+                          "cls_head.", "dvae.", "transformer_q.", "transformer_k.", "encoder_k.")
+
+
 def load_pretrained(model: nn.Module, path: str | os.PathLike, *, strict: bool = False,
                     skip_head: bool = False) -> LoadReport:
     """Load the weights in ``path`` (any layout in this module's table) into ``model``; returns a LoadReport.
@@ -278,8 +283,13 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, strict: bool =
 
     if missing:
         log.info("missing_keys (in the model, not in %s):\n%s", path_s, group_keys(missing))
-    if unexpected:
-        log.info("unexpected_keys (in %s, not used by the model):\n%s", path_s, group_keys(unexpected))
+    pretrain_only = [k for k in unexpected if k.startswith(PRETRAIN_ONLY_PREFIXES)]
+    other = [k for k in unexpected if not k.startswith(PRETRAIN_ONLY_PREFIXES)]
+    if pretrain_only:  # the MAE decoder of a pretraining checkpoint: never used by a classifier
+        log.info("%d pretraining-only tensors unused (%s), as expected for a pretrain checkpoint", len(pretrain_only),
+                 ", ".join(sorted({k.split(".")[0] for k in pretrain_only})))
+    if other:
+        log.info("unexpected_keys (in %s, not used by the model):\n%s", path_s, group_keys(other))
     if skipped_head:
         log.info("head %s left as is (skip_head=True); %d checkpoint tensors skipped", head.rstrip("."),
                  len(skipped))
