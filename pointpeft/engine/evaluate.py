@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pointpeft.config import Config, load_config
 from pointpeft.data import VoteAugmentation, build_dataset
 from pointpeft.engine import checkpoint as ck
@@ -61,7 +63,9 @@ def test_model(model: Any, cfg: Config, votes: int = 0, split: str | None = None
     dataset = build_dataset(node)
     loader = make_loader(dataset, data.val_batch_size or data.batch_size, shuffle=False, seed=seed,
                          info=DistInfo())
-    amp = resolve_amp(str((cfg.get("train") or {}).get("amp", "auto")), "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    amp = resolve_amp(str((cfg.get("train") or {}).get("amp", "auto")), device)
     n = getattr(unwrap(model), "num_classes", None) or dataset.num_classes
     pred, target, _ = predict(model, loader, autocast=amp.autocast)
     metrics, cm = accuracy_metrics(pred, target, n)
