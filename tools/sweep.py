@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "per_class", "test_per_class", "methods", "seeds", "seeds_for",
                                             "more_seeds")}
     if not args.table_only:
-        atomic_write_json(root / "budget.json", budget)
+        record_budget(root / "budget.json", budget)
         pre_dir = root / "pretrain"
         pre = ["--config", str(REPO / "cfgs/pretrain/modelnet40.yaml"), f"model.arch={args.backbone}",
                f"train.epochs={args.pretrain_epochs}", "data.batch_size=32", "data.num_workers=0",
@@ -105,6 +105,24 @@ def main(argv: list[str] | None = None) -> int:
                     _train(ft, root / "finetune" / method / f"seed{seed}")
     write_table(root, Path(args.out), budget)
     return 0
+
+
+#: budget keys that must agree between sweep processes sharing a root; the others (method and seed lists) are merged
+BUDGET_FIXED = ("backbone", "pretrain_epochs", "pretrain_per_class", "epochs", "per_class", "test_per_class")
+
+
+def record_budget(path: Path, budget: dict) -> None:
+    """Write the sweep's budget; a second process on the same root (other methods, in parallel) must use the same
+    budget, and its methods and seeds are added to the record."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in BUDGET_FIXED if old.get(k) != budget.get(k)]
+        if diff:
+            raise SystemExit(f"sweep: {path} holds another budget ({', '.join(f'{k}: {old.get(k)} vs {budget[k]}' for k in diff)}); "
+                             "use another --root")
+        for k in ("methods", "seeds", "seeds_for", "more_seeds"):
+            budget[k] = list(dict.fromkeys([*old.get(k, []), *budget[k]]))
+    atomic_write_json(path, budget)
 
 
 def write_table(root: Path, out: Path, budget: dict) -> None:
