@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pointpeft.engine.amp import AMP_MODES
@@ -57,7 +57,6 @@ class DataOptions:
     val_batch_size: int | None = None  # default: batch_size
     num_workers: int = 0
     drop_last: str | bool = "auto"  # auto: drop only a last training batch of one (BatchNorm cannot train on it)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, carried into results
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

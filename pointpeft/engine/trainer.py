@@ -28,7 +28,7 @@ from pointpeft.engine.options import DataOptions, TrainOptions
 from pointpeft.engine.rng import capture_rng, restore_rng
 from pointpeft.engine.run_dir import dump_config, git_commit, library_versions, plain_config
 from pointpeft.errors import ConfigError, PointPeftError
-from pointpeft.peft import is_peft_model, save_adapter, trainable_parameter_report, unwrap
+from pointpeft.peft import is_peft_model, save_adapter, trainable_parameter_report
 from pointpeft.registry import TASKS
 from pointpeft.utils.benchmark import machine_info
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
@@ -314,8 +314,4 @@ class Trainer:
     def write_config(self) -> None:
         if self.run_dir is not None and self.dist.is_main:
             atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-
-    @property
-    def core(self) -> nn.Module:
-        return unwrap(self.model)
 
