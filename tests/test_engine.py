@@ -119,6 +119,13 @@ def test_corrupt_training_state_is_named(tmp_path):
         read_train_state(bad)
 
 
+def test_a_failed_run_says_so_in_its_results(tmp_path):
+    run_dir = tmp_path / "r"
+    assert train_main(_tiny_args(run_dir) + ["optimizer.lr=1e30", "train.grad_clip=null"]) == 2
+    status = json.loads((run_dir / "results.json").read_text())["status"]
+    assert status.startswith("failed: TrainingDiverged: loss is"), status
+
+
 def test_diverging_loss_stops_with_the_last_checkpoint_intact(tmp_path):
     t = Trainer(tiny_config(extra=["optimizer.lr=1e30", "train.grad_clip=null"]), tmp_path / "d")
     with pytest.raises(TrainingDiverged, match="epoch"):

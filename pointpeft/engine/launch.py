@@ -115,6 +115,7 @@ def run(argv: Sequence[str] | None = None, description: str = "Fine-tune a pretr
 
 def _run_one(args: argparse.Namespace) -> int:
     info: DistInfo | None = None
+    trainer = None
     try:
         from pointpeft.engine.trainer import Trainer
 
@@ -140,13 +141,24 @@ def _run_one(args: argparse.Namespace) -> int:
         return 0
     except PointPeftError as e:
         log.error("%s: %s", type(e).__name__, e)
+        _mark(trainer, info, f"failed: {type(e).__name__}: {e}")
         return 2
     except KeyboardInterrupt:
         log.error("interrupted; resume with --resume (the last complete epoch is kept)")
+        _mark(trainer, info, "interrupted")
         return 130
     finally:
         if info is not None:
             cleanup(info)
+
+
+def _mark(trainer: Any, info: DistInfo | None, status: str) -> None:
+    """results.json says how a run ended when it did not finish (a sweep then knows it is not running)."""
+    if trainer is not None and info is not None and info.is_main:
+        try:
+            trainer.write_results(status)
+        except OSError as e:  # the run is already failing; do not hide its error behind this one
+            log.warning("could not update results.json: %s", e)
 
 
 if __name__ == "__main__":  # pragma: no cover
