@@ -160,7 +160,7 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
     body = markdown_table(rows) if rows else "_no finished runs yet_\n"
     if rows:  # what each row is, from the runs' own config descriptions
         body += "\n" + "\n".join(f"- `{r.label}`: {r.runs[0].get('config', {}).get('description', '')}"
-                                  for r in rows) + "\n"
+                                  for r in sorted(rows, key=lambda r: r.trainable)) + "\n"
     tail = []
     if missing:
         tail = ["", f"Not run yet (the sweep resumes where it stopped): {', '.join(missing)}.", ""]
