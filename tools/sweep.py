@@ -170,7 +170,7 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
             "Adapter-X did come out ahead of full fine-tuning. A longer pretraining is the first thing to change "
             "when more CPU time is available (`--pretrain-epochs`, `--pretrain-per-class 0`).", ""]
     if missing:
-        tail = ["", f"Not run yet (the sweep resumes where it stopped): {', '.join(missing)}.", ""]
+        tail += ["", f"Not run yet (the sweep resumes where it stopped): {', '.join(missing)}.", ""]
     if rows:
         import statistics
 
