@@ -1,0 +1,61 @@
+"""tools/sweep.py's table comes only from the runs' results.json files; processes sharing a root share one budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("sweep_tool", REPO / "tools" / "sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(root: Path, method: str, seed: int, acc: float, trainable: int, status: str = "finished") -> None:
+    d = root / "finetune" / method / f"seed{seed}"
+    d.mkdir(parents=True)
+    results = {"status": status, "task": "classification", "config": {"peft": {"type": method},
+                                                                      "description": f"{method} row"},
+               "params": {"trainable": trainable, "total": 1000, "percent": trainable / 10},
+               "best": {"epoch": 3, "acc": acc, "mean_class_acc": acc - 1},
+               "history": [{"epoch": 1, "time_s": 10.0}], "data_sizes": {"train": 200, "val": 60},
+               "machine": {"cpu_model": "test cpu", "cpu_affinity": 2}, "amp": {"mode": "fp32"}}
+    (d / "results.json").write_text(json.dumps(results))
+
+
+def test_table_from_results_files(sweep, tmp_path):
+    budget = {"backbone": "point_mae_tiny", "pretrain_epochs": 1, "pretrain_per_class": 2, "epochs": 3,
+              "per_class": 5, "test_per_class": 1, "methods": ["linear", "adapterx", "full"], "seeds": [0],
+              "seeds_for": ["adapterx"], "more_seeds": [1]}
+    sweep.record_budget(tmp_path / "budget.json", dict(budget))
+    _run(tmp_path, "adapterx", 0, 60.0, 100)
+    _run(tmp_path, "adapterx", 1, 64.0, 100)
+    _run(tmp_path, "linear", 0, 50.0, 50)
+    _run(tmp_path, "full", 0, 99.0, 1000, status="running")  # unfinished runs stay out of the table
+    out = tmp_path / "results.md"
+    sweep.write_table(tmp_path, out, budget)
+    text = out.read_text()
+    assert "| linear | 50 | 5.00 | 50.00 | 49.00 | 1 | 10 |" in text
+    assert "| adapterx | 100 | 10.00 | 62.00 ± 2.83 | 61.00 ± 2.83 | 2 | 10 |" in text
+    assert "Not run yet (the sweep resumes where it stopped): full." in text
+    assert "(200 clouds)" in text and "(60 clouds;" in text and "test cpu" in text
+    assert (tmp_path / "results_params.png").stat().st_size > 1000
+
+
+def test_processes_on_one_root_share_the_budget(sweep, tmp_path):
+    base = {"backbone": "b", "pretrain_epochs": 1, "pretrain_per_class": 2, "epochs": 3, "per_class": 5,
+            "test_per_class": 1, "methods": ["linear"], "seeds": [0], "seeds_for": [], "more_seeds": []}
+    path = tmp_path / "budget.json"
+    sweep.record_budget(path, dict(base))
+    sweep.record_budget(path, {**base, "methods": ["mhr", "linear"]})
+    assert json.loads(path.read_text())["methods"] == ["linear", "mhr"]
+    with pytest.raises(SystemExit, match="epochs: 3 vs 9"):
+        sweep.record_budget(path, {**base, "epochs": 9})
