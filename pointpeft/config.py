@@ -205,6 +205,18 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     return cfg
 
 
+def set_value(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    """Set ``dotted`` (creating missing sections) and record ``source`` as who set it (tools that build configs)."""
+    node: Any = cfg
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    cfg.sources[dotted] = source
+
+
 def build_dataclass(cls: type[T], node: Mapping[str, Any] | None, section: str, cfg: Config | None = None) -> T:
     """Instantiate a config dataclass from a mapping; unknown keys raise ConfigError naming file and key."""
     node = dict(node or {})

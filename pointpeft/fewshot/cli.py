@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pointpeft.config import Config, apply_overrides, load_config
+from pointpeft.config import Config, apply_overrides, load_config, set_value
 from pointpeft.errors import ConfigError, PointPeftError
 from pointpeft.fewshot.options import fewshot_options, parse_folds
 from pointpeft.utils.misc import get_logger, setup_logging
@@ -48,14 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _set(cfg: Config, dotted: str, value: Any) -> None:
-    node: Any = cfg
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-    cfg.sources[dotted] = CLI
+    set_value(cfg, dotted, value, CLI)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pointpeft.config import Config, load_config
+from pointpeft.config import Config, load_config, set_value
 from pointpeft.engine import checkpoint as ck
 from pointpeft.errors import CheckpointError, ConfigError, PointPeftError
 from pointpeft.fewshot.folds import ensure_folds
@@ -47,14 +47,7 @@ def fold_run_dir(root: str | Path, method: str, way: int, shot: int, fold: int) 
 
 def _set(cfg: Config, dotted: str, value: Any, source: str | None = None) -> None:
     """Set ``dotted`` in ``cfg`` (creating sections) and record who set it."""
-    node: Any = cfg
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
-    cfg.sources[dotted] = source or SOURCE
+    set_value(cfg, dotted, value, source or SOURCE)
 
 
 def fold_config(cfg: Config, folds_root: str | Path, way: int, shot: int, fold: int,
