@@ -19,11 +19,14 @@ def sweep():
     return mod
 
 
-def _run(root: Path, method: str, seed: int, acc: float, trainable: int, status: str = "finished") -> None:
-    d = root / "finetune" / method / f"seed{seed}"
+def _run(root: Path, method: str, seed: int, acc: float, trainable: int, status: str = "finished",
+         variant: str | None = None) -> None:
+    d = (root / "variants" / variant if variant else root / "finetune") / method / f"seed{seed}"
     d.mkdir(parents=True)
-    results = {"status": status, "task": "classification", "config": {"peft": {"type": method},
-                                                                      "description": f"{method} row"},
+    config = {"peft": {"type": method}, "description": f"{method} row"}
+    if variant:
+        config["exp_name"] = f"{method}@{variant}"
+    results = {"status": status, "task": "classification", "config": config,
                "params": {"trainable": trainable, "total": 1000, "percent": trainable / 10},
                "best": {"epoch": 3, "acc": acc, "mean_class_acc": acc - 1},
                "history": [{"epoch": 1, "time_s": 10.0}], "data_sizes": {"train": 200, "val": 60},
@@ -59,3 +62,52 @@ def test_processes_on_one_root_share_the_budget(sweep, tmp_path):
     assert json.loads(path.read_text())["methods"] == ["linear", "mhr"]
     with pytest.raises(SystemExit, match="epochs: 3 vs 9"):
         sweep.record_budget(path, {**base, "epochs": 9})
+
+
+BUDGET = {"backbone": "b", "pretrain_epochs": 1, "pretrain_per_class": 2, "epochs": 3, "per_class": 5,
+          "test_per_class": 1, "methods": ["linear"], "seeds": [0], "seeds_for": [], "more_seeds": []}
+
+
+def test_variants_are_recorded_apart_and_cannot_change_their_overrides(sweep, tmp_path):
+    path = tmp_path / "budget.json"
+    sweep.record_budget(path, dict(BUDGET))
+    var = {**BUDGET, "methods": [], "seeds": [], "variants": {"lr": {"set": ["optimizer.lr=2e-3"], "methods":
+                                                                      ["adapterx"], "seeds": [0]}}}
+    sweep.record_budget(path, dict(var))
+    sweep.record_budget(path, {**var, "variants": {"lr": {"set": ["optimizer.lr=2e-3"], "methods": ["lora"],
+                                                          "seeds": [1]}}})
+    rec = json.loads(path.read_text())
+    assert rec["methods"] == ["linear"]  # the main table's list is untouched by a variant
+    assert rec["variants"]["lr"] == {"set": ["optimizer.lr=2e-3"], "methods": ["adapterx", "lora"], "seeds": [0, 1]}
+    with pytest.raises(SystemExit, match="variant 'lr'"):
+        sweep.record_budget(path, {**var, "variants": {"lr": {"set": ["optimizer.lr=1e-3"], "methods": [],
+                                                              "seeds": [0]}}})
+
+
+def test_investigations_section_lists_variants_and_other_roots(sweep, tmp_path):
+    main, other = tmp_path / "main", tmp_path / "other"
+    main.mkdir()
+    other.mkdir()
+    sweep.record_budget(main / "budget.json", {**BUDGET, "variants": {"lr2e-3": {
+        "set": ["optimizer.lr=2e-3"], "methods": ["adapterx"], "seeds": [0]}}})
+    sweep.record_budget(other / "budget.json", {**BUDGET, "pretrain_epochs": 4, "pretrain_per_class": 0})
+    _run(main, "linear", 0, 50.0, 50)
+    _run(main, "adapterx", 0, 66.0, 100, variant="lr2e-3")
+    _run(other, "adapterx", 0, 70.0, 100)
+    sweep.remember_also(main / "budget.json", [str(other)])
+    out = tmp_path / "results.md"
+    sweep.write_table(main, out, {})
+    text = out.read_text()
+    main_table, investigations = text.split("## Investigations")
+    assert "| linear | 50 |" in main_table and "adapterx" not in main_table.split("| method |")[1].split("###")[0]
+    assert "### Variant `lr2e-3`: `optimizer.lr=2e-3`" in investigations
+    assert "| adapterx@lr2e-3 | 100 | 10.00 | 66.00 |" in investigations
+    assert f"### Another pretraining: `{other}`" in investigations and "for 4 epochs" in investigations
+    assert "(all per class" in investigations and "| adapterx | 100 | 10.00 | 70.00 |" in investigations
+    assert "the same as the main table" in investigations
+
+
+def test_set_needs_a_variant(sweep, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--set", "optimizer.lr=1e-3", "--table-only"])
+    assert "--set needs --variant" in capsys.readouterr().err

@@ -7,6 +7,13 @@ from the runs' results.json files. Every step is resumable: finished runs are sk
     python tools/sweep.py --table-only                                                   # rewrite the table
 
 The budget (backbone, subset, epochs, seeds) is in the table's header; defaults fit a few hours of 2-core CPU.
+
+Investigations go in the same file, below the main table, each with what it changes:
+
+    python tools/sweep.py --variant lr2e-3 --set optimizer.lr=2e-3 --methods adapterx   # same backbone, other recipe
+    python tools/sweep.py --root experiments/sweep-pretrain-all --pretrain-epochs 4 --pretrain-per-class 0 \
+        --methods linear adapterx full --seeds-for --out /tmp/other.md                   # another pretraining
+    python tools/sweep.py --table-only --also experiments/sweep-pretrain-all            # list it under the main table
 """
 
 from __future__ import annotations
@@ -76,15 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds-for", nargs="*", default=["adapterx", "full", "dapt"],
                     help="methods that get every seed in --more-seeds")
     ap.add_argument("--more-seeds", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--variant", help="name of an investigation: fine-tune --methods x --seeds with the --set "
+                    "overrides from this root's pretrained backbone (runs go to ROOT/variants/NAME)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="the variant's fine-tuning overrides")
+    ap.add_argument("--also", nargs="*", default=[], metavar="ROOT",
+                    help="other sweep roots (another pretraining...) to list under the main table; remembered")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
+    if args.set and not args.variant:
+        ap.error("--set needs --variant NAME (the main table keeps one recipe for every method)")
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        ap.error(f"--set takes KEY=VALUE, got {bad}")
     setup_logging()
     root = Path(args.root)
     budget = {k: getattr(args, k) for k in ("backbone", "pretrain_epochs", "pretrain_per_class", "epochs",
                                             "per_class", "test_per_class", "methods", "seeds", "seeds_for",
-                                            "more_seeds")}
-    if not args.table_only:
+                                            "more_seeds", "also")}
+    if args.variant:  # a variant adds its own record and leaves the main table's method list alone
+        budget.update(methods=[], seeds=[], seeds_for=[], more_seeds=[],
+                      variants={args.variant: {"set": args.set, "methods": args.methods, "seeds": args.seeds}})
+    if args.table_only:
+        remember_also(root / "budget.json", args.also)
+    else:
         record_budget(root / "budget.json", budget)
         pre_dir = root / "pretrain"
         pre = ["--config", str(REPO / "cfgs/pretrain/modelnet40.yaml"), f"model.arch={args.backbone}",
@@ -93,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
                *data_nodes(args.data_root, args.pretrain_per_class or None, 10)]
         _train(pre, pre_dir)
         ckpt = pre_dir / "pretrain.pth"
-        for seed_list, methods in ((args.seeds, args.methods),
-                                   (args.more_seeds, [m for m in args.methods if m in args.seeds_for])):
+        if args.variant:
+            plan = [(args.seeds, args.methods)]
+            runs_dir = root / "variants" / args.variant
+        else:
+            plan = [(args.seeds, args.methods), (args.more_seeds, [m for m in args.methods if m in args.seeds_for])]
+            runs_dir = root / "finetune"
+        for seed_list, methods in plan:
             for seed in seed_list:
                 for method in methods:
                     cfg = REPO / "cfgs" / "finetune" / "modelnet40" / f"{method}.yaml"
@@ -102,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"model.type={args.backbone}", f"train.epochs={args.epochs}", "scheduler.warmup_epochs=1",
                           "train.progress=off", *data_nodes(args.data_root, args.per_class or None,
                                                            args.test_per_class or None)]
-                    _train(ft, root / "finetune" / method / f"seed{seed}")
+                    if args.variant:
+                        ft += [*args.set, f"exp_name={method}@{args.variant}"]
+                    _train(ft, runs_dir / method / f"seed{seed}")
     write_table(root, Path(args.out), budget)
     return 0
 
@@ -120,9 +149,64 @@ def record_budget(path: Path, budget: dict) -> None:
         if diff:
             raise SystemExit(f"sweep: {path} holds another budget ({', '.join(f'{k}: {old.get(k)} vs {budget[k]}' for k in diff)}); "
                              "use another --root")
-        for k in ("methods", "seeds", "seeds_for", "more_seeds"):
-            budget[k] = list(dict.fromkeys([*old.get(k, []), *budget[k]]))
+        for k in ("methods", "seeds", "seeds_for", "more_seeds", "also"):
+            budget[k] = list(dict.fromkeys([*old.get(k, []), *budget.get(k, [])]))
+        variants = dict(old.get("variants", {}))
+        for name, rec in budget.get("variants", {}).items():
+            if name in variants and variants[name]["set"] != rec["set"]:
+                raise SystemExit(f"sweep: {path} has variant {name!r} with --set {variants[name]['set']}, not "
+                                 f"{rec['set']}; name the new one differently")
+            old_rec = variants.get(name, {"methods": [], "seeds": []})
+            variants[name] = {"set": rec["set"], **{k: list(dict.fromkeys([*old_rec[k], *rec[k]]))
+                                                    for k in ("methods", "seeds")}}
+        budget["variants"] = variants
     atomic_write_json(path, budget)
+
+
+def remember_also(path: Path, roots: list[str]) -> None:
+    """``--table-only --also ROOT``: add roots to the record so that later ``--table-only`` runs list them too."""
+    if roots:
+        budget = json.loads(path.read_text()) if path.is_file() else {}
+        budget["also"] = list(dict.fromkeys([*budget.get("also", []), *roots]))
+        atomic_write_json(path, budget)
+
+
+def _pretraining(budget: dict) -> str:
+    return (f"`{budget.get('backbone')}` pretrained with Point-MAE on ModelNet40 training clouds "
+            f"({budget.get('pretrain_per_class') or 'all'} per class, labels unused) for {budget.get('pretrain_epochs')} "
+            "epochs")
+
+
+def _rows_block(rows: list) -> str:
+    if not rows:
+        return "_no finished runs yet_\n"
+    return (markdown_table(rows) + "\n"  # what each row is, from the runs' own config descriptions
+            + "\n".join(f"- `{r.label}`: {r.runs[0].get('config', {}).get('description', '')}"
+                        for r in sorted(rows, key=lambda r: r.trainable)) + "\n")
+
+
+def _investigations(root: Path, budget: dict) -> list[str]:
+    """Sections for this root's variants (other fine-tuning overrides) and other roots (other pretrainings)."""
+    out: list[str] = []
+    for name, rec in budget.get("variants", {}).items():
+        rows = collect([root / "variants" / name]) if (root / "variants" / name).is_dir() else []
+        out += [f"### Variant `{name}`: {', '.join(f'`{kv}`' for kv in rec['set'])}", "",
+                f"The same pretrained backbone and budget as the main table; fine-tuning overridden with "
+                f"{', '.join(rec['set'])}; seeds {rec['seeds']}.", "", _rows_block(rows)]
+    for other in budget.get("also", []):
+        other_root = Path(other)
+        ob = json.loads((other_root / "budget.json").read_text()) if (other_root / "budget.json").is_file() else {}
+        rows = collect([other_root / "finetune"]) if (other_root / "finetune").is_dir() else []
+        same = [k for k in ("epochs", "per_class", "test_per_class") if ob.get(k) == budget.get(k)]
+        out += [f"### Another pretraining: `{other}`", "",
+                f"Backbone: {_pretraining(ob)}. Fine-tuning: {ob.get('epochs')} epochs on "
+                f"{ob.get('per_class') or 'all'} clouds per class, test on {ob.get('test_per_class') or 'all'} per "
+                f"class ({'the same as the main table' if len(same) == 3 else 'differs from the main table'}); "
+                f"seeds {ob.get('seeds')}, extra seeds {ob.get('more_seeds')} for {ob.get('seeds_for')}.", "",
+                _rows_block(rows)]
+    return (["", "## Investigations", "",
+             "What was changed to find out why a method falls short; each section says what differs from the "
+             "main table. See docs/design-notes.md for the reading.", "", *out] if out else [])
 
 
 def write_table(root: Path, out: Path, budget: dict) -> None:
@@ -140,35 +224,25 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
         "",
         "Generated by `python tools/sweep.py` from the runs' `results.json` files; nothing typed by hand.",
         "",
-        f"- Backbone: `{budget.get('backbone')}` pretrained with Point-MAE on ModelNet40 training clouds "
-        f"({budget.get('pretrain_per_class') or 'all'} per class, labels unused) for "
-        f"{budget.get('pretrain_epochs')} epochs.",
+        f"- Backbone: {_pretraining(budget)}.",
         f"- Fine-tuning: {budget.get('epochs')} epochs on {budget.get('per_class') or 'all'} training clouds per "
         f"class ({sizes.get('train', '?')} clouds); accuracy on "
         + ("the whole ModelNet40 test split" if not budget.get("test_per_class")
            else f"{budget.get('test_per_class')} test clouds per class of ModelNet40")
         + f" ({sizes.get('val', '?')} clouds; plain single view, best epoch).",
         f"- Seeds: {budget.get('seeds')} for every method; extra seeds {budget.get('more_seeds')} planned for "
-        f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished).",
+        f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std).",
         f"- Hardware: {machine.get('cpu_model', '?')}, {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
         "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine, often with two "
         "sweep processes running: compare speeds with benchmarks/README.md, not with this column.",
         "",
         "This is a small-budget sanity table, not the paper's protocol (300 epochs on the full set from the "
-        "official Point-MAE weights): use `scripts/paper_tables.sh` on a GPU for that.",
+        "official Point-MAE weights): use `scripts/paper_tables.sh` on a GPU for that. The `trainable %` column is "
+        "relative to the small backbone, where the classification head alone is several percent.",
         "",
         "",
     ]
-    body = markdown_table(rows) if rows else "_no finished runs yet_\n"
-    if rows:  # what each row is, from the runs' own config descriptions
-        body += "\n" + "\n".join(f"- `{r.label}`: {r.runs[0].get('config', {}).get('description', '')}"
-                                  for r in sorted(rows, key=lambda r: r.trainable)) + "\n"
-    tail = ["", "Reading it: the backbone here was pretrained for 3 short epochs on 2,400 clouds, so its frozen features "
-            "are weak, and methods that train the backbone (full fine-tuning) gain most from the 15 epochs. The "
-            "paper's claim (Adapter-X >= full fine-tuning at ~2% of the parameters) is about the released Point-MAE "
-            "weights; with our synthetic-pretrained demo backbone on ModelNet40 (README, `make demo DATA=modelnet40`) "
-            "Adapter-X did come out ahead of full fine-tuning. A longer pretraining is the first thing to change "
-            "when more CPU time is available (`--pretrain-epochs`, `--pretrain-per-class 0`).", ""]
+    tail: list[str] = []
     if missing:
         tail += ["", f"Not run yet (the sweep resumes where it stopped): {', '.join(missing)}.", ""]
     if rows:
@@ -181,7 +255,8 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
         png = out.with_name("results_params.png")
         plot_accuracy_vs_params(pts, png, title="ModelNet40 (CPU budget): accuracy vs trainable parameters")
         tail += ["", f"![accuracy vs trainable parameters]({png.name})", ""]
-    atomic_write_text(out, "\n".join(head) + body + "\n".join(tail))
+    tail += _investigations(root, budget)
+    atomic_write_text(out, "\n".join(head) + _rows_block(rows) + "\n".join(tail))
     log.info("wrote %s (%d methods)", out, len(rows))
 
 
