@@ -147,6 +147,17 @@ def test_unknown_config_key_names_itself(name: str) -> None:
     assert getattr(model, "peft_config", None) is None
 
 
+BAD_VALUES = [("adapter", "r", 0), ("adapter", "dropout", 1.0), ("dapt", "r", True), ("dapt", "dropout", "x"),
+              ("lora", "r", -2), ("vpt_deep", "num_prompts", 0), ("vpt_deep", "dropout", -0.1), ("idpt", "k", 0),
+              ("mhr", "heads", 1.5), ("mosa", "num_active", 0)]
+
+
+@pytest.mark.parametrize(("name", "field", "value"), BAD_VALUES)
+def test_bad_option_values_name_the_field(name: str, field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"{field} must be"):
+        get_peft_model(build_backbone("point"), method_config(name, **{field: value}))
+
+
 def test_unknown_method_names_itself() -> None:
     with pytest.raises(ConfigError, match="no_such_method"):
         get_peft_model(build_backbone("point"), {"type": "no_such_method"})

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from pointpeft.config import Config, load_config
-from pointpeft.errors import ConfigError, PointPeftError
+from pointpeft.errors import ConfigError
+from pointpeft.utils.cli import run_guarded
 from pointpeft.utils.misc import get_logger, setup_logging
 
 log = get_logger("demo")
@@ -293,14 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        summary = demo(args.data, out, quick=args.quick, data_root=args.data_root, seed=args.seed)
-    except PointPeftError as e:
-        log.error("%s: %s", type(e).__name__, e)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
+    summary, rc = run_guarded(lambda: demo(args.data, out, quick=args.quick, data_root=args.data_root,
+                                           seed=args.seed), log)
+    if summary is None:
+        return rc
     print()
     pre = summary["pretrain"]
     if pre is not None:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pointpeft.config import Config, apply_overrides, load_config, set_value
-from pointpeft.errors import ConfigError, PointPeftError
+from pointpeft.errors import ConfigError
 from pointpeft.fewshot.options import fewshot_options, parse_folds
+from pointpeft.utils.cli import run_guarded
 from pointpeft.utils.misc import get_logger, setup_logging
 
 log = get_logger("fewshot")
@@ -80,34 +81,35 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _run(args: argparse.Namespace, level: int) -> Any:
+    """Resolve the config and run the sweep or the MHR protocol; returns the report."""
+    cfg = resolve_config(args)
+    opts = fewshot_options(cfg)
+    name = args.name or Path(args.config).stem
+    ckpt = str(Path(args.ckpt).resolve()) if args.ckpt else None
+    if args.ckpt and not Path(args.ckpt).is_file():
+        raise ConfigError(f"--ckpt {args.ckpt}: no such file")
+    if args.protocol == "mhr":
+        from pointpeft.fewshot.mhr_protocol import run_mhr_protocol
+
+        return run_mhr_protocol(cfg, opts, args.root, ckpt=ckpt, name=name, overwrite=args.overwrite,
+                                log_level=level)
+    from pointpeft.fewshot.sweep import run_sweep
+
+    return run_sweep(cfg, name, opts, args.root, ckpt=ckpt, overwrite=args.overwrite, log_level=level,
+                     extra={"config": str(args.config)})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (errors in one line, not a traceback)."""
     args = build_parser().parse_args(argv)
     level = 30 if args.quiet else 20
     setup_logging(level)
-    try:
-        cfg = resolve_config(args)
-        opts = fewshot_options(cfg)
-        name = args.name or Path(args.config).stem
-        ckpt = str(Path(args.ckpt).resolve()) if args.ckpt else None
-        if args.ckpt and not Path(args.ckpt).is_file():
-            raise ConfigError(f"--ckpt {args.ckpt}: no such file")
-        if args.protocol == "mhr":
-            from pointpeft.fewshot.mhr_protocol import run_mhr_protocol
-
-            report = run_mhr_protocol(cfg, opts, args.root, ckpt=ckpt, name=name, overwrite=args.overwrite,
-                                      log_level=level)
-        else:
-            from pointpeft.fewshot.sweep import run_sweep
-
-            report = run_sweep(cfg, name, opts, args.root, ckpt=ckpt, overwrite=args.overwrite, log_level=level,
-                               extra={"config": str(args.config)})
-    except PointPeftError as e:
-        log.error("%s: %s", type(e).__name__, e)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted; run the same command again to resume (finished folds are kept)")
-        return 130
+    report, rc = run_guarded(lambda: _run(args, level), log,
+                             "interrupted; run the same command again to resume (finished folds are kept)")
+    if report is None:
+        return rc
+    name = args.name or Path(args.config).stem
     out = Path(args.root) / "fewshot"
     sys.stdout.write(report.table)
     sys.stdout.write(f"\n{len(report.trained)} fold(s) trained, {len(report.skipped)} finished before, "

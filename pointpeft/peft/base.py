@@ -35,6 +35,19 @@ class PeftConfig:
     def validate(self) -> None:
         """Subclasses check their values here and raise ValueError with the field name."""
 
+    def require_positive_int(self, *names: str) -> None:
+        """ValueError naming the first field that is not an int >= 1 (bools are not integers here)."""
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    def require_probability(self, name: str) -> None:
+        """ValueError unless the field is a dropout-like rate in [0, 1)."""
+        v = getattr(self, name)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 <= v < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -32,10 +32,8 @@ class AdapterConfig(PeftConfig):
     x: dict[str, Any] = field(default_factory=dict)  # XOptions overrides used when x_mode is true
 
     def validate(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self.require_positive_int("r")
+        self.require_probability("dropout")
         if self.layernorm not in LAYERNORM_OPTIONS:
             raise ValueError(f"layernorm must be one of {list(LAYERNORM_OPTIONS)}, got {self.layernorm!r}")
         if self.activation not in ACTIVATIONS:

@@ -37,10 +37,8 @@ class DaptConfig(PeftConfig):
     x: dict[str, Any] = field(default_factory=dict)  # XOptions overrides used when x_mode is true
 
     def validate(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self.require_positive_int("r")
+        self.require_probability("dropout")
         for name in ("prompt", "x_mode"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -26,10 +26,7 @@ class IdptConfig(PeftConfig):
     activation: str = "leaky_relu"  # leaky_relu (slope 0.2, as the official module) | relu
 
     def validate(self) -> None:
-        for name in ("k", "num_edgeconv", "num_prompts"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.require_positive_int("k", "num_edgeconv", "num_prompts")
         if not isinstance(self.prompt_layer, int) or isinstance(self.prompt_layer, bool):
             raise ValueError(f"prompt_layer must be an integer block index, got {self.prompt_layer!r}")
         if self.activation not in ACTIVATIONS:

@@ -20,8 +20,7 @@ class LoraConfig(PeftConfig):
     target_modules: list[str] = field(default_factory=lambda: ["qkv"])  # any of qkv, proj, fc1, fc2
 
     def validate(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"r must be a positive integer, got {self.r!r}")
+        self.require_positive_int("r")
         self.target_modules = check_lora_options(self.dropout, self.target_modules)
 
     @property

@@ -43,10 +43,7 @@ class MhrConfig(PeftConfig):
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        for name in ("num_skills", "heads", "num_tasks", "r"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.require_positive_int("num_skills", "heads", "num_tasks", "r")
         if self.mode in ("mhr", "mhr_z") and self.r % self.heads:
             raise ValueError(f"r ({self.r}) must be divisible by heads ({self.heads}): heads are slices of the rank")
         self.target_modules = check_lora_options(self.dropout, self.target_modules)

@@ -24,12 +24,6 @@ from pointpeft.peft.base import PeftConfig
 ACTIVATIONS = ("none", "gelu", "relu")
 
 
-def _positive_int(cfg: object, name: str) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-
 @dataclass
 class MosaConfig(PeftConfig):
     """``type: mosa``: Mixture of Sparse Adapters after every FFN, with a consistency loss between two routes."""
@@ -47,8 +41,7 @@ class MosaConfig(PeftConfig):
     seed: int = 0  # seed of the module / group assignments (the masks are also saved with the adapter)
 
     def validate(self) -> None:
-        for name in ("r", "num_modules", "num_active", "num_groups", "num_active_groups"):
-            _positive_int(self, name)
+        self.require_positive_int("r", "num_modules", "num_active", "num_groups", "num_active_groups")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
         if self.num_active > self.num_modules:

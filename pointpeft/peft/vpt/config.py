@@ -19,10 +19,8 @@ class VptDeepConfig(PeftConfig):
     init_std: float = 0.02  # std of the trunc_normal init
 
     def validate(self) -> None:
-        if not isinstance(self.num_prompts, int) or isinstance(self.num_prompts, bool) or self.num_prompts < 1:
-            raise ValueError(f"num_prompts must be a positive integer, got {self.num_prompts!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self.require_positive_int("num_prompts")
+        self.require_probability("dropout")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
         if self.init_std <= 0:
