@@ -48,12 +48,14 @@ def test_module_masks_are_disjoint_and_cover_every_weight(hierarchical: bool) ->
     assert torch.equal(sparse_adapters(again)[0].down_weight_module, a.down_weight_module)
 
 
-def test_training_forward_uses_only_the_drawn_modules() -> None:
+@pytest.mark.parametrize("view", ["module", "masked"])
+def test_training_forward_uses_only_the_drawn_modules(view: str) -> None:
     torch.manual_seed(0)
-    ad = SparseAdapter(16, 8, num_modules=4, num_active=1, num_groups=2, num_active_groups=1)
+    ad = SparseAdapter(16, 8, num_modules=4, num_active=1, num_groups=2, num_active_groups=1, sparse_view=view)
     with torch.no_grad():
         ad.up_weight.normal_()
         ad.up_bias.normal_()
+        ad.down_weight.add_(torch.randn_like(ad.down_weight))  # trained away from its initial values
     x = torch.randn(3, 16)
     ad.train()
     ad.route = ([2], [1])
@@ -73,13 +75,34 @@ def test_training_forward_uses_only_the_drawn_modules() -> None:
     manual = torch.nn.functional.linear(torch.nn.functional.linear(x, t["down_weight"], t["down_bias"]),
                                         t["up_weight"], t["up_bias"])
     torch.testing.assert_close(y, manual)
-    keep_dw = ad.module_mask("down_weight", [2]) & ch.unsqueeze(1)
-    torch.testing.assert_close(t["down_weight"][keep_dw], ad.down_weight[keep_dw] * 4 * 2)  # rescaled: 4/1 * 2/1
-    assert (t["down_weight"][~keep_dw] == 0).all()
+    own = ad.module_mask("down_weight", [2])
+    keep_dw = own & ch.unsqueeze(1)
+    off = ch.unsqueeze(1).expand_as(own)  # rows of the active channel group
+    if view == "masked":  # zeros elsewhere, rescaled 4/1 (modules) * 2/1 (groups)
+        torch.testing.assert_close(t["down_weight"][keep_dw], ad.down_weight[keep_dw] * 4 * 2)
+        assert (t["down_weight"][~keep_dw] == 0).all()
+    else:  # its own trained elements over everyone's initial values (groups still rescale 2/1)
+        torch.testing.assert_close(t["down_weight"][keep_dw], ad.down_weight[keep_dw] * 2)
+        torch.testing.assert_close(t["down_weight"][~own & off], ad.down_weight_init[~own & off] * 2)
+        assert (t["down_weight"][~off] == 0).all()
+        assert not torch.equal(ad.down_weight_init, ad.down_weight)
     ad.eval()
     dense = torch.nn.functional.linear(torch.nn.functional.linear(x, ad.down_weight, ad.down_bias),
                                        ad.up_weight, ad.up_bias)
-    torch.testing.assert_close(ad(x), dense)  # evaluation uses every module
+    torch.testing.assert_close(ad(x), dense)  # evaluation uses every module: the merged adapter
+
+
+def test_module_view_starts_as_the_dense_adapter() -> None:
+    """Before training every module IS the initial adapter, so the first step has no DropConnect noise."""
+    torch.manual_seed(0)
+    ad = SparseAdapter(16, 8, num_modules=4, num_active=1)
+    x = torch.randn(3, 16)
+    ad.train()
+    h = [torch.nn.functional.linear(x, t["down_weight"], t["down_bias"])
+         for t in (ad.sparse_tensors([n], None) for n in range(4))]
+    for other in h[1:]:
+        torch.testing.assert_close(other, h[0])
+    torch.testing.assert_close(h[0], torch.nn.functional.linear(x, ad.down_weight, ad.down_bias))
 
 
 @pytest.mark.parametrize("kind", BACKBONES)
@@ -142,7 +165,8 @@ def test_nonlinear_adapter_refuses_to_merge_and_masks_are_saved(tmp_path) -> Non
 
 @pytest.mark.parametrize(("node", "field"), [({"num_active": 5}, "num_active"), ({"activation": "tanh"}, "activation"),
                                              ({"hierarchical": True, "num_groups": 99}, "num_groups"),
-                                             ({"consistency_weight": -1}, "consistency_weight")])
+                                             ({"consistency_weight": -1}, "consistency_weight"),
+                                             ({"sparse_view": "dense"}, "sparse_view")])
 def test_bad_config_names_the_field(node: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         get_peft_model(build_backbone("point"), {"type": "mosa", **node})

@@ -2,9 +2,10 @@
 
 The adapter sits after every FFN (on fc2's output, Houlsby's position): ``y = h + scale * up(act(down(h)))``,
 ``h = fc2(...)``. Its four tensors (down weight/bias, up weight/bias) are partitioned element by element into
-``num_modules`` disjoint random masks (seeded). A training forward uses only ``num_active`` randomly drawn modules
-(rescaled by num_modules/num_active, as DropConnect, so the dense adapter is the expectation); evaluation and merging
-use all of them, i.e. the dense adapter. ``hierarchical: true`` adds a second, structured level: the bottleneck
+``num_modules`` disjoint random masks (seeded). A training forward uses ``num_active`` randomly drawn modules; with
+``sparse_view: module`` (default, as the official code) a module is its own trained elements over the shared initial
+values and only its elements get gradients; ``sparse_view: masked`` zeroes the other elements instead (rescaled by
+num_modules/num_active when ``rescale``: DropConnect). Evaluation and merging use all modules, i.e. the dense adapter. ``hierarchical: true`` adds a second, structured level: the bottleneck
 channels are split into ``num_groups`` groups and a training forward also keeps only ``num_active_groups`` of them.
 
 ``activation: none`` (default) keeps the adapter linear, so ``merge`` folds the merged dense adapter into fc2's
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pointpeft.peft.base import PeftConfig
 
 ACTIVATIONS = ("none", "gelu", "relu")
+SPARSE_VIEWS = ("module", "masked")
 
 
 @dataclass
@@ -33,7 +35,8 @@ class MosaConfig(PeftConfig):
     activation: str = "none"  # none (linear: mergeable into fc2) | gelu | relu (the nonlinear standard adapter)
     num_modules: int = 4  # disjoint sparse modules the adapter's weights are split into
     num_active: int = 1  # modules a training forward uses (drawn at random, per adapter, every forward)
-    rescale: bool = True  # multiply the active weights by num_modules/num_active (and groups likewise) in training
+    sparse_view: str = "module"  # module (own elements over the initial values) | masked (zeros elsewhere)
+    rescale: bool = True  # masked view: multiply the active weights by num_modules/num_active; groups likewise
     hierarchical: bool = False  # second sparsity level over the bottleneck channels (the hierarchical strategy)
     num_groups: int = 2  # hierarchical: bottleneck channel groups
     num_active_groups: int = 1  # hierarchical: channel groups a training forward keeps
@@ -42,6 +45,8 @@ class MosaConfig(PeftConfig):
 
     def validate(self) -> None:
         self.require_positive_int("r", "num_modules", "num_active", "num_groups", "num_active_groups")
+        if self.sparse_view not in SPARSE_VIEWS:
+            raise ValueError(f"sparse_view must be one of {list(SPARSE_VIEWS)}, got {self.sparse_view!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
         if self.num_active > self.num_modules:

@@ -1,9 +1,17 @@
 """The MoSA adapter: one dense bottleneck whose elements are split into disjoint sparse modules by saved masks.
 
-The modules share one set of dense tensors (module n = the tensors times its mask), so the sum of all modules IS the
-dense adapter: merging the modules back costs nothing, and training memory is that of one adapter. The assignment of
-every element to its module (and, for the hierarchical strategy, of every bottleneck channel to its group) is a
-persistent integer buffer, saved with the adapter, so a reloaded adapter has the same split.
+The modules share one set of dense tensors, so the merged adapter IS the dense tensors: merging the modules costs
+nothing, and training memory is that of one adapter. The assignment of every element to its module (and, for the
+hierarchical strategy, of every bottleneck channel to its group) is a persistent integer buffer, saved with the
+adapter, so a reloaded adapter has the same split.
+
+Two training views of a drawn module (``sparse_view``):
+
+* ``module`` (default, the official MoSA): the module is a whole adapter made of its own trained elements over the
+  shared initial values (``init + (W - init) * mask``); a gradient reaches only its elements (the official code masks
+  the gradients of full-size experts). The merged adapter is ``init + the sum of every module's change``.
+* ``masked``: elements outside the drawn modules are zero, rescaled by modules/active (DropConnect); kept for
+  comparison: with 1 of 4 modules each input->output path survives 1 time in 16 at 16x, far noisier to train.
 """
 
 from __future__ import annotations
@@ -23,17 +31,20 @@ class SparseAdapter(nn.Module):
 
     def __init__(self, dim: int, r: int, num_modules: int, num_active: int, scale: float = 1.0,
                  activation: str = "none", rescale: bool = True, num_groups: int = 1, num_active_groups: int = 1,
-                 seed: int = 0) -> None:
+                 seed: int = 0, sparse_view: str = "module") -> None:
         super().__init__()
         self.dim, self.r = dim, r
         self.num_modules, self.num_active = num_modules, num_active
         self.num_groups, self.num_active_groups = num_groups, num_active_groups
         self.scale, self.activation, self.rescale = float(scale), activation, rescale
+        self.sparse_view = sparse_view
         self.down_weight = nn.Parameter(torch.empty(r, dim))
         self.down_bias = nn.Parameter(torch.zeros(r))
         self.up_weight = nn.Parameter(torch.zeros(dim, r))  # zero: the adapter adds nothing at first
         self.up_bias = nn.Parameter(torch.zeros(dim))
         nn.init.kaiming_uniform_(self.down_weight, a=math.sqrt(5))
+        for name in TENSORS:  # the shared starting point of every module (``module`` view); saved with the adapter
+            self.register_buffer(f"{name}_init", getattr(self, name).detach().clone())
         g = torch.Generator().manual_seed(seed)
         for name in TENSORS:
             shape = getattr(self, name).shape
@@ -67,14 +78,19 @@ class SparseAdapter(nn.Module):
         return modules, groups
 
     def sparse_tensors(self, modules: list[int], groups: list[int] | None) -> dict[str, torch.Tensor]:
-        """The adapter's tensors restricted to ``modules`` (and channel ``groups``), rescaled when configured."""
+        """The adapter's tensors as the drawn ``modules`` (and channel ``groups``) see them in training."""
         out = {}
         ch = self.group_mask(groups) if groups is not None else None
-        f_mod = self.num_modules / len(modules) if self.rescale else 1.0
+        masked = self.sparse_view == "masked"
+        f_mod = self.num_modules / len(modules) if (self.rescale and masked) else 1.0
         f_grp = self.num_groups / len(groups) if (self.rescale and groups is not None) else 1.0
         for name in TENSORS:
             t = getattr(self, name)
             mask = self.module_mask(name, modules).to(t.dtype) * f_mod
+            if not masked:  # the module's own changes over the shared initial values
+                init = getattr(self, f"{name}_init").to(t.dtype)
+                t = init + (t - init) * mask
+                mask = torch.ones_like(mask)
             if ch is not None and name != "up_bias":
                 c = ch.to(t.dtype) * f_grp
                 mask = mask * (c.unsqueeze(1) if name == "down_weight" else c)  # channels: rows of down, columns of up
@@ -112,4 +128,4 @@ class SparseAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, r={self.r}, num_modules={self.num_modules}, num_active={self.num_active}, "
-                f"num_groups={self.num_groups}, activation={self.activation}")
+                f"num_groups={self.num_groups}, activation={self.activation}, sparse_view={self.sparse_view}")
