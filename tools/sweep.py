@@ -190,6 +190,8 @@ def _investigations(root: Path, budget: dict) -> list[str]:
     out: list[str] = []
     for name, rec in budget.get("variants", {}).items():
         rows = collect([root / "variants" / name]) if (root / "variants" / name).is_dir() else []
+        for r in rows:  # a run made before it was filed under the variant has no exp_name saying so
+            r.label = r.label if "@" in r.label else f"{r.label}@{name}"
         out += [f"### Variant `{name}`: {', '.join(f'`{kv}`' for kv in rec['set'])}", "",
                 f"The same pretrained backbone and budget as the main table; fine-tuning overridden with "
                 f"{', '.join(rec['set'])}; seeds {rec['seeds']}.", "", _rows_block(rows)]
