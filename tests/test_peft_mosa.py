@@ -87,9 +87,29 @@ def test_training_forward_uses_only_the_drawn_modules(view: str) -> None:
         assert (t["down_weight"][~off] == 0).all()
         assert not torch.equal(ad.down_weight_init, ad.down_weight)
     ad.eval()
-    dense = torch.nn.functional.linear(torch.nn.functional.linear(x, ad.down_weight, ad.down_bias),
-                                       ad.up_weight, ad.up_bias)
+    d = ad.dense_tensors()
+    dense = torch.nn.functional.linear(torch.nn.functional.linear(x, d["down_weight"], d["down_bias"]),
+                                       d["up_weight"], d["up_bias"])
     torch.testing.assert_close(ad(x), dense)  # evaluation uses every module: the merged adapter
+    if view == "masked":
+        torch.testing.assert_close(d["down_weight"], ad.down_weight)
+
+
+@pytest.mark.parametrize(("merge_mode", "factor"), [("mean", 0.25), ("sum", 1.0)])
+def test_merged_adapter_is_the_mean_or_sum_of_the_modules(merge_mode: str, factor: float) -> None:
+    """``mean`` is the official merge('add'): the average of the module adapters' full weights."""
+    torch.manual_seed(0)
+    ad = SparseAdapter(16, 8, num_modules=4, num_active=1, module_merge=merge_mode)
+    with torch.no_grad():
+        for name in TENSORS:
+            getattr(ad, name).add_(torch.randn_like(getattr(ad, name)))
+    merged = ad.dense_tensors()
+    modules = [ad.sparse_tensors([n], None) for n in range(4)]
+    for name in TENSORS:
+        init = getattr(ad, f"{name}_init")
+        torch.testing.assert_close(merged[name], init + factor * (getattr(ad, name) - init))
+        if merge_mode == "mean":
+            torch.testing.assert_close(merged[name], torch.stack([m[name] for m in modules]).mean(0))
 
 
 def test_module_view_starts_as_the_dense_adapter() -> None:
@@ -166,7 +186,8 @@ def test_nonlinear_adapter_refuses_to_merge_and_masks_are_saved(tmp_path) -> Non
 @pytest.mark.parametrize(("node", "field"), [({"num_active": 5}, "num_active"), ({"activation": "tanh"}, "activation"),
                                              ({"hierarchical": True, "num_groups": 99}, "num_groups"),
                                              ({"consistency_weight": -1}, "consistency_weight"),
-                                             ({"sparse_view": "dense"}, "sparse_view")])
+                                             ({"sparse_view": "dense"}, "sparse_view"),
+                                             ({"module_merge": "max"}, "module_merge")])
 def test_bad_config_names_the_field(node: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         get_peft_model(build_backbone("point"), {"type": "mosa", **node})

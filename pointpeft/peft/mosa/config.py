@@ -24,6 +24,7 @@ from pointpeft.peft.base import PeftConfig
 
 ACTIVATIONS = ("none", "gelu", "relu")
 SPARSE_VIEWS = ("module", "masked")
+MODULE_MERGES = ("mean", "sum")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class MosaConfig(PeftConfig):
     num_modules: int = 4  # disjoint sparse modules the adapter's weights are split into
     num_active: int = 1  # modules a training forward uses (drawn at random, per adapter, every forward)
     sparse_view: str = "module"  # module (own elements over the initial values) | masked (zeros elsewhere)
+    module_merge: str = "mean"  # module view: the evaluated/merged adapter is the mean of the modules | their sum
     rescale: bool = True  # masked view: multiply the active weights by num_modules/num_active; groups likewise
     hierarchical: bool = False  # second sparsity level over the bottleneck channels (the hierarchical strategy)
     num_groups: int = 2  # hierarchical: bottleneck channel groups
@@ -47,6 +49,8 @@ class MosaConfig(PeftConfig):
         self.require_positive_int("r", "num_modules", "num_active", "num_groups", "num_active_groups")
         if self.sparse_view not in SPARSE_VIEWS:
             raise ValueError(f"sparse_view must be one of {list(SPARSE_VIEWS)}, got {self.sparse_view!r}")
+        if self.module_merge not in MODULE_MERGES:
+            raise ValueError(f"module_merge must be one of {list(MODULE_MERGES)}, got {self.module_merge!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
         if self.num_active > self.num_modules:

@@ -9,7 +9,8 @@ Two training views of a drawn module (``sparse_view``):
 
 * ``module`` (default, the official MoSA): the module is a whole adapter made of its own trained elements over the
   shared initial values (``init + (W - init) * mask``); a gradient reaches only its elements (the official code masks
-  the gradients of full-size experts). The merged adapter is ``init + the sum of every module's change``.
+  the gradients of full-size experts). The merged adapter is the mean of the modules (``module_merge: mean``, the
+  official ``merge('add')``: ``init + (W - init) / num_modules``) or their sum (``sum``: ``W``).
 * ``masked``: elements outside the drawn modules are zero, rescaled by modules/active (DropConnect); kept for
   comparison: with 1 of 4 modules each input->output path survives 1 time in 16 at 16x, far noisier to train.
 """
@@ -31,13 +32,13 @@ class SparseAdapter(nn.Module):
 
     def __init__(self, dim: int, r: int, num_modules: int, num_active: int, scale: float = 1.0,
                  activation: str = "none", rescale: bool = True, num_groups: int = 1, num_active_groups: int = 1,
-                 seed: int = 0, sparse_view: str = "module") -> None:
+                 seed: int = 0, sparse_view: str = "module", module_merge: str = "mean") -> None:
         super().__init__()
         self.dim, self.r = dim, r
         self.num_modules, self.num_active = num_modules, num_active
         self.num_groups, self.num_active_groups = num_groups, num_active_groups
         self.scale, self.activation, self.rescale = float(scale), activation, rescale
-        self.sparse_view = sparse_view
+        self.sparse_view, self.module_merge = sparse_view, module_merge
         self.down_weight = nn.Parameter(torch.empty(r, dim))
         self.down_bias = nn.Parameter(torch.zeros(r))
         self.up_weight = nn.Parameter(torch.zeros(dim, r))  # zero: the adapter adds nothing at first
@@ -98,7 +99,14 @@ class SparseAdapter(nn.Module):
         return out
 
     def dense_tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in TENSORS}
+        """The merged adapter used for evaluation and folding."""
+        if self.sparse_view == "masked" or self.module_merge == "sum":
+            return {name: getattr(self, name) for name in TENSORS}
+        out = {}
+        for name in TENSORS:  # mean of the modules: each element's change belongs to one module of num_modules
+            t, init = getattr(self, name), getattr(self, f"{name}_init")
+            out[name] = init.to(t.dtype) + (t - init.to(t.dtype)) / self.num_modules
+        return out
 
     # -- forward / merge -----------------------------------------------------------------------------------------
     def _act(self, h: torch.Tensor) -> torch.Tensor:
@@ -118,8 +126,9 @@ class SparseAdapter(nn.Module):
         if self.activation != "none":
             raise ValueError(f"a {self.activation} adapter cannot be folded into a linear layer")
         with torch.no_grad():
-            ud = self.scale * (self.up_weight @ self.down_weight)  # (D, D)
-            b_extra = self.scale * (self.up_weight @ self.down_bias + self.up_bias)
+            t = self.dense_tensors()
+            ud = self.scale * (t["up_weight"] @ t["down_weight"])  # (D, D)
+            b_extra = self.scale * (t["up_weight"] @ t["down_bias"] + t["up_bias"])
             w = linear.weight
             new_w = w + (ud @ w.to(ud.dtype)).to(w.dtype)
             if linear.bias is not None:
@@ -128,4 +137,4 @@ class SparseAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, r={self.r}, num_modules={self.num_modules}, num_active={self.num_active}, "
-                f"num_groups={self.num_groups}, activation={self.activation}, sparse_view={self.sparse_view}")
+                f"num_groups={self.num_groups}, activation={self.activation}, sparse_view={self.sparse_view}, module_merge={self.module_merge}")

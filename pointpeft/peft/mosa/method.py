@@ -45,7 +45,8 @@ class Mosa(PeftMethod):
         for i, block in enumerate(spec.blocks):
             fc2 = block.mlp.fc2
             adapter = SparseAdapter(spec.embed_dim, cfg.r, cfg.num_modules, cfg.num_active, cfg.scale, cfg.activation,
-                                    cfg.rescale, *groups, seed=cfg.seed + i, sparse_view=cfg.sparse_view)
+                                    cfg.rescale, *groups, seed=cfg.seed + i,
+                                    sparse_view=cfg.sparse_view, module_merge=cfg.module_merge)
             attach_adapter(fc2, adapter.to(fc2.weight.device, fc2.weight.dtype), "sequential")
 
     def training_forward(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
