@@ -235,8 +235,8 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
         f"- Seeds: {budget.get('seeds')} for every method; extra seeds {budget.get('more_seeds')} planned for "
         f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std).",
         f"- Hardware: {machine.get('cpu_model', '?')}, {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
-        "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine, often with two "
-        "sweep processes running: compare speeds with benchmarks/README.md, not with this column.",
+        "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine, with two to "
+        "seven sweep processes running at once: compare speeds with benchmarks/README.md, not with this column.",
         "",
         "This is a small-budget sanity table, not the paper's protocol (300 epochs on the full set from the "
         "official Point-MAE weights): use `scripts/paper_tables.sh` on a GPU for that. The `trainable %` column is "
