@@ -204,7 +204,9 @@ def _investigations(root: Path, budget: dict) -> list[str]:
                 f"Backbone: {_pretraining(ob)}. Fine-tuning: {ob.get('epochs')} epochs on "
                 f"{ob.get('per_class') or 'all'} clouds per class, test on {ob.get('test_per_class') or 'all'} per "
                 f"class ({'the same as the main table' if len(same) == 3 else 'differs from the main table'}); "
-                f"seeds {ob.get('seeds')}, extra seeds {ob.get('more_seeds')} for {ob.get('seeds_for')}.", "",
+                f"seeds {ob.get('seeds')}"
+                + (f", extra seeds {ob.get('more_seeds')} for {ob.get('seeds_for')}." if ob.get("seeds_for") else "."),
+                "",
                 _rows_block(rows)]
     return (["", "## Investigations", "",
              "What was changed to find out why a method falls short; each section says what differs from the "
