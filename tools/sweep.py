@@ -171,6 +171,11 @@ def remember_also(path: Path, roots: list[str]) -> None:
         atomic_write_json(path, budget)
 
 
+def _finished_rows(folder: Path) -> list:
+    """Table rows of the finished runs below ``folder`` (none when it does not exist yet)."""
+    return collect([folder]) if folder.is_dir() else []
+
+
 def _pretraining(budget: dict) -> str:
     return (f"`{budget.get('backbone')}` pretrained with Point-MAE on ModelNet40 training clouds "
             f"({budget.get('pretrain_per_class') or 'all'} per class, labels unused) for {budget.get('pretrain_epochs')} "
@@ -189,7 +194,7 @@ def _investigations(root: Path, budget: dict) -> list[str]:
     """Sections for this root's variants (other fine-tuning overrides) and other roots (other pretrainings)."""
     out: list[str] = []
     for name, rec in budget.get("variants", {}).items():
-        rows = collect([root / "variants" / name]) if (root / "variants" / name).is_dir() else []
+        rows = _finished_rows(root / "variants" / name)
         for r in rows:  # a run made before it was filed under the variant has no exp_name saying so
             r.label = r.label if "@" in r.label else f"{r.label}@{name}"
         out += [f"### Variant `{name}`: {', '.join(f'`{kv}`' for kv in rec['set'])}", "",
@@ -198,7 +203,7 @@ def _investigations(root: Path, budget: dict) -> list[str]:
     for other in budget.get("also", []):
         other_root = Path(other)
         ob = json.loads((other_root / "budget.json").read_text()) if (other_root / "budget.json").is_file() else {}
-        rows = collect([other_root / "finetune"]) if (other_root / "finetune").is_dir() else []
+        rows = _finished_rows(other_root / "finetune")
         same = [k for k in ("epochs", "per_class", "test_per_class") if ob.get(k) == budget.get(k)]
         out += [f"### Another pretraining: `{other}`", "",
                 f"Backbone: {_pretraining(ob)}. Fine-tuning: {ob.get('epochs')} epochs on "
@@ -214,7 +219,7 @@ def _investigations(root: Path, budget: dict) -> list[str]:
 
 
 def write_table(root: Path, out: Path, budget: dict) -> None:
-    rows = collect([root / "finetune"]) if (root / "finetune").is_dir() else []
+    rows = _finished_rows(root / "finetune")
     budget_file = root / "budget.json"
     if budget_file.is_file():
         budget = json.loads(budget_file.read_text())
