@@ -81,11 +81,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _run(args: argparse.Namespace, level: int) -> Any:
+def _run(args: argparse.Namespace, name: str, level: int) -> Any:
     """Resolve the config and run the sweep or the MHR protocol; returns the report."""
     cfg = resolve_config(args)
     opts = fewshot_options(cfg)
-    name = args.name or Path(args.config).stem
     ckpt = str(Path(args.ckpt).resolve()) if args.ckpt else None
     if args.ckpt and not Path(args.ckpt).is_file():
         raise ConfigError(f"--ckpt {args.ckpt}: no such file")
@@ -105,11 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = 30 if args.quiet else 20
     setup_logging(level)
-    report, rc = run_guarded(lambda: _run(args, level), log,
+    name = args.name or Path(args.config).stem
+    report, rc = run_guarded(lambda: _run(args, name, level), log,
                              "interrupted; run the same command again to resume (finished folds are kept)")
     if report is None:
         return rc
-    name = args.name or Path(args.config).stem
     out = Path(args.root) / "fewshot"
     sys.stdout.write(report.table)
     sys.stdout.write(f"\n{len(report.trained)} fold(s) trained, {len(report.skipped)} finished before, "

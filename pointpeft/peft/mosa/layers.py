@@ -87,15 +87,16 @@ class SparseAdapter(nn.Module):
         f_grp = self.num_groups / len(groups) if (self.rescale and groups is not None) else 1.0
         for name in TENSORS:
             t = getattr(self, name)
-            mask = self.module_mask(name, modules).to(t.dtype) * f_mod
-            if not masked:  # the module's own changes over the shared initial values
+            mask = self.module_mask(name, modules).to(t.dtype)
+            if masked:  # zeros outside the drawn modules
+                t = t * (mask * f_mod)
+            else:  # the module's own changes over the shared initial values
                 init = getattr(self, f"{name}_init").to(t.dtype)
                 t = init + (t - init) * mask
-                mask = torch.ones_like(mask)
             if ch is not None and name != "up_bias":
                 c = ch.to(t.dtype) * f_grp
-                mask = mask * (c.unsqueeze(1) if name == "down_weight" else c)  # channels: rows of down, columns of up
-            out[name] = t * mask
+                t = t * (c.unsqueeze(1) if name == "down_weight" else c)  # channels: rows of down, columns of up
+            out[name] = t
         return out
 
     def dense_tensors(self) -> dict[str, torch.Tensor]:
