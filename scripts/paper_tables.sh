@@ -25,5 +25,5 @@ for ds in $DATASETS; do
       fi
     done
   done
-  echo "## $ds"; $PY tools/summarize_seeds.py "experiments/paper/$ds"
+  echo "## $ds"; $PY scripts/summarize_seeds.py "experiments/paper/$ds"
 done

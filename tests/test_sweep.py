@@ -1,4 +1,4 @@
-"""tools/sweep.py's table comes only from the runs' results.json files; processes sharing a root share one budget."""
+"""scripts/sweep.py's table comes only from the runs' results.json files; processes sharing a root share one budget."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("sweep_tool", REPO / "tools" / "sweep.py")
+    spec = importlib.util.spec_from_file_location("sweep_tool", REPO / "scripts" / "sweep.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

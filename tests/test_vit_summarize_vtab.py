@@ -1,4 +1,4 @@
-"""tools/summarize_vtab.py on fabricated sweeps: per-task values, VTAB group means, the overall mean, and the ways a
+"""scripts/summarize_vtab.py on fabricated sweeps: per-task values, VTAB group means, the overall mean, and the ways a
 run's task and method are found (results keys, resolved config beside it, path)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 from pointpeft.data.vision import VTAB_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tools" / "summarize_vtab.py"
+SCRIPT = REPO / "scripts" / "summarize_vtab.py"
 
 
 @pytest.fixture(scope="module")

@@ -376,7 +376,7 @@ def test_tool_is_runnable_as_a_script(tmp_path: Path) -> None:
 
 
 def test_make_docs_images_writes_three_figures(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("pointpeft_tool_docs_images", REPO / "tools" / "make_docs_images.py")
+    spec = importlib.util.spec_from_file_location("pointpeft_tool_docs_images", REPO / "scripts" / "make_docs_images.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)

@@ -123,7 +123,7 @@ def test_plot_command_line(tmp_path: Path) -> None:
 
 
 def test_trainer_style_results_are_understood(tmp_path: Path) -> None:
-    """The trainer's layout (as tools/summarize_vtab.py reads it): a ``best`` mapping with ``acc`` and the resolved
+    """The trainer's layout (as scripts/summarize_vtab.py reads it): a ``best`` mapping with ``acc`` and the resolved
     ``config``, whose peft section names the method."""
     d = tmp_path / "exp"
     d.mkdir()

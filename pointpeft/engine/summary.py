@@ -1,5 +1,5 @@
 """Tables from run folders: group ``results.json`` files by method, mean ± std over seeds. Shared by
-tools/summarize_seeds.py and tools/sweep.py, so every number in a published table comes from the runs' files."""
+scripts/summarize_seeds.py and scripts/sweep.py, so every number in a published table comes from the runs' files."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ JSON has no history. Keys are looked up leniently, top level first, then inside 
 keys tried:
 
 * name: ``name`` | ``run_name`` | ``method``, else the resolved ``config``'s peft type (``<type>_x`` with
-  ``x_mode``, ``full`` without a peft section, as tools/summarize_vtab.py labels runs), else the folder's name;
+  ``x_mode``, ``full`` without a peft section, as scripts/summarize_vtab.py labels runs), else the folder's name;
 * trainable parameters: ``trainable_params`` | ``params.trainable`` | ``trainable`` | ``parameters.trainable``;
   total: ``total_params`` | ``params.total`` | ``total``;
 * accuracy: ``test_acc`` | ``acc`` | ``test/acc`` | ``accuracy`` | ``overall_accuracy`` | ``oa`` | ``top1`` |

@@ -4,7 +4,7 @@ No official code exists, so every open design choice is a key here (DESIGN.md, "
 The same options drive the "-X" plug-in of other methods (``adapter``/``adaptformer`` with ``x_mode: true``, DAPT-X),
 where they are given as the nested ``x:`` mapping.
 
-Parameter budget of the defaults (``preset: auto``; counted by tools/param_table.py, see docs/params.md):
+Parameter budget of the defaults (``preset: auto``; counted by scripts/param_table.py, see docs/params.md):
 
 * sub-token width d = embed_dim / num_heads; one expert = d*r + r + r*d + d; SMoA = E experts + the shared router
   (d*16 projection, 16*E expert embeddings, 1 temperature); per block: norm2 (2*D) and, on blocks 0..L-2, a prompt

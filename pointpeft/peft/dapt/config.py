@@ -1,6 +1,6 @@
 """DAPT options: Dynamic Adapter beside the FFN, SSF scale/shift, internal prompts (Zhou et al., CVPR 2024).
 
-Parameter budget of the defaults on Point-MAE (D=384, L=12, r=72; counted by tools/param_table.py):
+Parameter budget of the defaults on Point-MAE (D=384, L=12, r=72; counted by scripts/param_table.py):
 
 * dynamic adapter per block: LayerNorm 2D + scale Linear(D, 1) + down D*r + r + up r*D + D = 56,905;
 * SSF per block (scale and shift, 2 vectors each): norm1 D, qkv 3D, proj D, norm2 D, fc1 4D, fc2 D = 2*11D = 8,448;

@@ -1,6 +1,6 @@
 """IDPT options: an instance-aware dynamic prompt made by a DGCNN-style EdgeConv module (Zha et al., ICCV 2023).
 
-Parameter budget of the defaults on Point-MAE (D=384, 3 EdgeConv layers; counted by tools/param_table.py):
+Parameter budget of the defaults on Point-MAE (D=384, 3 EdgeConv layers; counted by scripts/param_table.py):
 3 EdgeConvs Conv(2D -> D, no bias) + BatchNorm = 3 * (2D*D + 2D) = 887,040, fusion Conv(3D -> D, no bias) + BatchNorm
 = 443,136 -> prompt module 1,330,176, + CLS/cls_pos 768 + head 273,960 (40 classes) = 1,604,904 trainable (the
 paper's 1.7M counts its head on CLS + prompt + max-pool, 372,264 parameters).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mean ± std over seeds of finished runs, one row per method, as a markdown table (and JSON with --json):
 
-    python tools/summarize_seeds.py experiments/adapterx/modelnet40 experiments/full/modelnet40
+    python scripts/summarize_seeds.py experiments/adapterx/modelnet40 experiments/full/modelnet40
 """
 
 from __future__ import annotations

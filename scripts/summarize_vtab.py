@@ -18,8 +18,8 @@ How a run's task and method are found, first match wins:
    ``peft`` section (``type``, plus ``_x`` when ``x_mode`` is on: ``adaptformer_x``; no section = ``full``);
 3. the path: a folder named like a VTAB task, and a folder or config stem named like a method.
 
-    python tools/summarize_vtab.py experiments                      # Markdown table on stdout
-    python tools/summarize_vtab.py experiments --out vtab.md --csv vtab.csv --json vtab.json
+    python scripts/summarize_vtab.py experiments                      # Markdown table on stdout
+    python scripts/summarize_vtab.py experiments --out vtab.md --csv vtab.csv --json vtab.json
 """
 
 from __future__ import annotations
@@ -35,12 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pointpeft.config import yaml_load  # noqa: E402
-from pointpeft.data.vision.vtab import VTAB_GROUPS, VTAB_TASKS  # noqa: E402
-from pointpeft.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from pointpeft.config import yaml_load
+from pointpeft.data.vision.vtab import VTAB_GROUPS, VTAB_TASKS
+from pointpeft.utils.io import atomic_write_json, atomic_write_text
 
 GROUP_TITLES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 #: row order of the paper's table; methods not listed follow alphabetically

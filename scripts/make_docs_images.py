@@ -5,8 +5,8 @@ synthetic shapes otherwise. The routing view runs Point-MAE + Adapter-X; pass ``
 trained model, otherwise the weights are random and the figure's title says so (it then shows what the view
 looks like, not what a trained router learns).
 
-    python tools/make_docs_images.py                       # writes docs/images/{clouds,groups,routing}.png
-    python tools/make_docs_images.py --ckpt pretrain.pth --adapter runs/x/adapter --out docs/images
+    python scripts/make_docs_images.py                       # writes docs/images/{clouds,groups,routing}.png
+    python scripts/make_docs_images.py --ckpt pretrain.pth --adapter runs/x/adapter --out docs/images
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pointpeft.data import build_dataset
+from pointpeft.errors import PointPeftError
+from pointpeft.utils.misc import get_logger, set_seed, setup_logging
+from pointpeft.viz import views
+from pointpeft.viz.camera import View
+from pointpeft.viz.render import Panel, render_panels
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pointpeft.data import build_dataset  # noqa: E402
-from pointpeft.errors import PointPeftError  # noqa: E402
-from pointpeft.utils.misc import get_logger, set_seed, setup_logging  # noqa: E402
-from pointpeft.viz import views  # noqa: E402
-from pointpeft.viz.camera import View  # noqa: E402
-from pointpeft.viz.render import Panel, render_panels  # noqa: E402
-
-log = get_logger("tools.make_docs_images")
+log = get_logger("scripts.make_docs_images")
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "modelnet40_ply_hdf5_1024"
 SHOWN = ("airplane", "chair", "guitar", "lamp")  # ModelNet40 classes in the cloud figure
 ROUTED = "chair"
