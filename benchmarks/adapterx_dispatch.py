@@ -1,6 +1,6 @@
 """Evidence for the Adapter-X expert dispatch (issue 10): why bf16 training is slower than fp32, and a fix to try.
 
-    python benchmarks/adapterx_dispatch.py [--model point_mae_small] [--rounds 5]
+    python -m benchmarks.adapterx_dispatch [--model point_mae_small] [--rounds 5]
 
 ``ExpertPool.forward`` (pointpeft/peft/adapterx/layers.py) sorts the sub-tokens by expert and runs a Python loop of
 two small GEMMs per expert whose row counts change every step. On CPU in bf16 every new GEMM shape makes oneDNN
@@ -22,21 +22,15 @@ experts x fwd/bwd GEMMs), so bf16 training pays kernel creation on most expert G
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from benchmark import TrainStep, build_peft, make_inputs  # noqa: E402
-
-from pointpeft.peft.adapterx.layers import ExpertPool  # noqa: E402
-from pointpeft.utils.benchmark import paired_ratio, time_interleaved  # noqa: E402
+from benchmarks.step import TrainStep, build_peft, make_inputs
+from benchmarks.timing import paired_ratio, time_interleaved
+from pointpeft.peft.adapterx.layers import ExpertPool
 
 CURRENT = ExpertPool.forward
 

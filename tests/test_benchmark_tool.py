@@ -1,4 +1,4 @@
-"""tools/benchmark.py --smoke runs end to end and writes a complete JSON; the timing helpers' statistics."""
+"""tools/benchmark.py --smoke runs end to end and writes a complete JSON; the timing helpers' statistics (benchmarks package)."""
 
 import json
 import subprocess
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pointpeft.utils.benchmark import Stats, machine_info, paired_ratio, time_fn, time_interleaved
+from benchmarks.timing import Stats, paired_ratio, time_fn, time_interleaved
+from pointpeft.utils.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 

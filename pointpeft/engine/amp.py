@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pointpeft.errors import ConfigError
-from pointpeft.utils.benchmark import bf16_native_flags
+from pointpeft.utils.machine import bf16_native_flags
 from pointpeft.utils.misc import get_logger
 
 log = get_logger("engine.amp")

@@ -30,7 +30,7 @@ from pointpeft.engine.run_dir import dump_config, git_commit, library_versions, 
 from pointpeft.errors import ConfigError, PointPeftError
 from pointpeft.peft import is_peft_model, save_adapter, trainable_parameter_report
 from pointpeft.registry import TASKS
-from pointpeft.utils.benchmark import machine_info
+from pointpeft.utils.machine import machine_info
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
 from pointpeft.utils.misc import get_logger, set_seed
 

@@ -1,4 +1,4 @@
-"""Timing and memory helpers for ``tools/benchmark.py``: robust statistics, interleaved timing, peak RSS, CPU facts.
+"""Timing helpers of the benchmarks: robust statistics and interleaved timing (CPU clock or CUDA events).
 
 The machines this runs on are shared, so a single timing means little. Everything here is built for *comparisons
 inside one run*: :func:`time_interleaved` runs the candidates round-robin (a load spike hits all of them), and
@@ -8,9 +8,6 @@ minutes apart.
 
 from __future__ import annotations
 
-import os
-import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -139,117 +136,3 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int = 1, r
         for name, fn in fns.items():
             times[name].append(timer(fn))
     return {k: Stats.of(v) for k, v in times.items()}
-
-
-# -- memory -------------------------------------------------------------------------------------------------------
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (``/proc/self/statm``; falls back to the peak elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return peak_rss_bytes()
-
-
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process's address space (``VmHWM`` in ``/proc/self/status``).
-
-    Not ``getrusage().ru_maxrss``: Linux keeps that across ``exec``, so a subprocess started from a big parent
-    reports the parent's size at fork time (seen here: every worker showed the parent's 2 GiB). ``VmHWM`` belongs to
-    the new address space and can be reset (:func:`reset_peak_rss`). Falls back to ``ru_maxrss`` off Linux.
-    """
-    kib = _proc_status_kib("VmHWM")
-    if kib is not None:
-        return kib * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if platform.system() == "Darwin" else int(peak) * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: write 5 to ``/proc/self/clear_refs``); False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-# -- machine facts ------------------------------------------------------------------------------------------------
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_flags() -> set[str]:
-    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def bf16_native_flags() -> list[str]:
-    """The native-bf16 CPU features present (AMX-BF16 tiles, AVX512-BF16 dot products)."""
-    flags = cpu_flags()
-    return [f for f in BF16_CPU_FLAGS if f in flags]
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, torch build, ATen CPU capability, native bf16, load — what a timing depends on."""
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_native_flags": bf16_native_flags(),
-        "bf16_native": bool(bf16_native_flags()),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-        info["cuda_version"] = torch.version.cuda
-    try:
-        info["mem_total_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    info["loadavg"] = load_average()
-    return info
-
-
-def load_average() -> list[float] | None:
-    """1/5/15-minute load averages (how busy the shared machine was); None where unsupported."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
