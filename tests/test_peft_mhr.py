@@ -53,8 +53,9 @@ def test_task_routing_changes_outputs_per_task(kind: str) -> None:
 
 
 def test_heads_route_rank_slices_separately() -> None:
+    """``head_split: rank`` (the earlier variant): head j owns ranks j*r/h.. of every adapter."""
     torch.manual_seed(0)
-    layer = RoutedLora(6, 5, r=4, num_skills=3, heads=2, num_tasks=1, scaling=2.0)
+    layer = RoutedLora(6, 5, r=4, num_skills=3, heads=2, num_tasks=1, scaling=2.0, head_split="rank")
     with torch.no_grad():
         layer.lora_B.normal_()
         layer.routing.normal_()
@@ -67,6 +68,60 @@ def test_heads_route_rank_slices_separately() -> None:
     x = torch.randn(7, 6)
     torch.testing.assert_close(layer(x), 2.0 * x @ a.t() @ b.t())
     torch.testing.assert_close(layer.delta_weight(), 2.0 * b @ a)
+
+
+def _mttl_skilled_lora(x: torch.Tensor, layer: RoutedLora, w: torch.Tensor) -> torch.Tensor:
+    """mttl's SkilledLoRA.forward_linear_ with weights (1, heads, K), re-typed from its layout: lora_a (K, q, in/q,
+    r), lora_b (K, r, q, out/q), ``A = einsum("bqs,sqdr->bqdr")``, ``B = einsum("bqs,srqd->brqd")``."""
+    K, q, r, i, o = layer.num_skills, layer.heads, layer.r, layer.in_features, layer.out_features
+    lora_a = layer.lora_A.permute(0, 2, 1).reshape(K, q, i // q, r)  # ours (K, r, in) -> mttl (K, q, in/q, r)
+    lora_b = layer.lora_B.permute(0, 2, 1).reshape(K, r, q, o // q)  # ours (K, out, r) -> mttl (K, r, q, out/q)
+    a = torch.einsum("bqs,sqdr->bqdr", w, lora_a).reshape(1, i, r)
+    b = torch.einsum("bqs,srqd->brqd", w, lora_b).reshape(1, r, o)
+    return x.unsqueeze(0).bmm(a).bmm(b)[0] * layer.scaling
+
+
+def test_heads_slice_features_as_mttl_and_init_range() -> None:
+    torch.manual_seed(0)
+    layer = RoutedLora(8, 12, r=3, num_skills=3, heads=4, num_tasks=1, scaling=0.5)
+    assert layer.head_split == "features"
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.routing.normal_()
+    w = layer.routing_weights().unsqueeze(0)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(layer(x), _mttl_skilled_lora(x, layer, w))
+    other = RoutedLora(8, 12, r=4, num_skills=3, heads=2, num_tasks=1, scaling=0.5)
+    with torch.no_grad():
+        other.lora_B.normal_()
+        other.routing.normal_()
+    by_rank = copy.deepcopy(other)
+    by_rank.head_split = "rank"
+    assert not torch.allclose(by_rank(x), other(x), atol=1e-3)  # same inventory and Z, different mixtures
+    big = RoutedLora(300, 4, r=64, num_skills=2, heads=1, num_tasks=1, scaling=1.0)
+    bound = 1 / (3 * 300) ** 0.5  # mttl: gain(leaky_relu, sqrt 5) / sqrt(in)
+    assert big.lora_A.abs().max() <= bound and big.lora_A.abs().max() > 0.95 * bound
+    kaiming = RoutedLora(300, 4, r=64, num_skills=2, heads=1, num_tasks=1, scaling=1.0, init="kaiming")
+    assert kaiming.lora_A.abs().max() > 1.5 * bound
+
+
+def test_mhr_mu_average_steps_as_uniform_skills_under_adamw() -> None:
+    """mttl keeps K skills under a uniform selector; ours trains their average: one AdamW step agrees."""
+    torch.manual_seed(0)
+    skills = RoutedLora(6, 6, r=2, num_skills=4, heads=1, num_tasks=1, scaling=1.0)
+    with torch.no_grad():
+        skills.lora_B.normal_()
+        skills.routing.zero_()  # sigmoid(0) for every skill: the uniform mix
+    skills.routing.requires_grad_(False)
+    avg = copy.deepcopy(skills)
+    avg.average_inventory()
+    x = torch.randn(9, 6)
+    torch.testing.assert_close(avg(x), skills(x))
+    for layer in (skills, avg):
+        opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.05)
+        layer(x).pow(2).sum().backward()
+        opt.step()
+    torch.testing.assert_close(avg(x), skills(x), rtol=1e-4, atol=1e-5)
 
 
 def test_mhr_z_trains_only_the_routing() -> None:
@@ -153,7 +208,8 @@ def test_merge_folds_the_current_task() -> None:
     torch.testing.assert_close(eval_logits(model, inputs), before, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("node", "field"), [({"mode": "soft"}, "mode"), ({"r": 6, "heads": 4}, "heads"),
+@pytest.mark.parametrize(("node", "field"), [({"mode": "soft"}, "mode"), ({"r": 6, "heads": 4, "head_split": "rank"}, "heads"),
+                                             ({"heads": 5}, "heads"), ({"head_split": "x"}, "head_split"),
                                              ({"num_skills": 0}, "num_skills"),
                                              ({"target_modules": ["nope"]}, "target_modules")])
 def test_bad_config_names_the_field(node: dict, field: str) -> None:

@@ -1,13 +1,16 @@
 """Optimizers and learning-rate schedules, chosen by ``type`` in the config's ``optimizer:``/``scheduler:`` sections.
 
-Only trainable parameters reach the optimizer. Weight decay skips biases, norm weights, tokens and anything the
-model lists in ``no_weight_decay()`` (the rule of Point-MAE, DAPT and timm).
+Only trainable parameters reach the optimizer. Weight decay skips parameters by role (:func:`no_decay_reason`):
+biases of any shape, normalisation layers, CLS / positional tokens, anything a module lists in ``no_weight_decay()``,
+and 1-D tensors (the rule of Point-MAE's and DAPT's ``add_weight_decay``). A PEFT method may give some parameters
+their own options (``PeftMethod.param_group_options``: lr, weight_decay) without the engine knowing it by name.
 """
 
 from __future__ import annotations
 
 import abc
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,32 +22,88 @@ from pointpeft.errors import ConfigError
 from pointpeft.peft import unwrap
 from pointpeft.registry import OPTIMIZERS, SCHEDULERS
 
+#: module types whose parameters are normalisation scales and shifts (never decayed)
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+                                           nn.modules.batchnorm._NormBase)
+_BIAS_NAME = re.compile(r"(bias|.+_bias|bias_.+|b|b_.+)")  # bias, up_bias, bias_k, b_down (Adapter-X's stacks)
+_TOKEN_NAME = re.compile(r"(.+_)?(token|tokens|pos|pos_embed|pos_embedding)")  # cls_token, cls_pos, pos_embed
 
-def _no_decay_names(model: nn.Module) -> set[str]:
+
+def _declared_no_decay(model: nn.Module) -> set[str]:
+    """Full names listed by ``no_weight_decay()`` of the model or of any submodule (names relative to it)."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            names |= {f"{prefix}.{n}" if prefix else n for n in fn()}
+    return names
+
+
+def no_decay_reason(model: nn.Module) -> dict[str, str]:
+    """Why each trainable parameter of ``model`` gets no weight decay, by role; decayed ones are absent.
+
+    Roles: ``norm`` (owned by a normalisation layer), ``bias`` (named as a bias, whatever its shape: the experts'
+    ``b_down``/``b_up`` stacks are 2-D), ``token`` (CLS / positional embeddings), ``listed`` (named by a
+    ``no_weight_decay()`` of the model or a submodule: the timm / Point-MAE extension point), and ``1-D`` (the
+    originals' ``add_weight_decay`` rule, kept so nothing they exclude is decayed here).
+    """
     inner = unwrap(model)
-    fn = getattr(inner, "no_weight_decay", None)
-    return set(fn()) if callable(fn) else set()
+    declared = _declared_no_decay(inner)
+    top = getattr(inner, "no_weight_decay", None)
+    top_leaves = set(top()) if callable(top) else set()
+    reasons: dict[str, str] = {}
+    for mod_name, module in inner.named_modules():
+        for leaf, p in module.named_parameters(recurse=False):
+            name = f"{mod_name}.{leaf}" if mod_name else leaf
+            if not p.requires_grad or name in reasons:
+                continue
+            if isinstance(module, NORM_TYPES):
+                reasons[name] = "norm"
+            elif _BIAS_NAME.fullmatch(leaf):
+                reasons[name] = "bias"
+            elif _TOKEN_NAME.fullmatch(leaf):
+                reasons[name] = "token"
+            elif name in declared or leaf in top_leaves:
+                reasons[name] = "listed"
+            elif p.ndim <= 1:
+                reasons[name] = "1-D"
+    return reasons
+
+
+def _method_options(model: nn.Module) -> dict[str, dict[str, float]]:
+    """The PEFT method's per-parameter optimiser options (``PeftMethod.param_group_options``), checked."""
+    from pointpeft.peft import get_method
+
+    method = get_method(model)
+    hook = getattr(method, "param_group_options", None)
+    options = hook(unwrap(model)) if callable(hook) else {}
+    allowed = {"lr", "weight_decay"}
+    for name, opts in options.items():
+        bad = sorted(set(opts) - allowed)
+        if bad:
+            raise ConfigError(f"peft method {method.name!r}: param_group_options for {name!r} has unknown key(s) "
+                              f"{bad}; allowed: {sorted(allowed)}")
+    return options
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups of trainable parameters: with weight decay (matrices) and without (1-D, tokens, listed)."""
-    skip = _no_decay_names(model)
-    decay, no_decay = [], []
+    """Trainable parameters grouped by optimiser options: decayed, not decayed (:func:`no_decay_reason`), and one
+    group per option set a PEFT method declares (e.g. MHR's routing logits); the decayed group comes first."""
+    skip = no_decay_reason(model)
+    options = _method_options(model)
+    groups: dict[tuple, dict[str, Any]] = {}
     for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or name.split(".")[-1] in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        opts = {"weight_decay": 0.0 if name in skip else weight_decay, **options.get(name, {})}
+        key = tuple(sorted(opts.items()))
+        group = groups.setdefault(key, {"params": [], **opts})
+        if "lr" in opts:
+            group["lr_override"] = True  # schedules take their reference lr from the other groups
+        group["params"].append(p)
     if not groups:
         raise ConfigError("the model has no trainable parameter to optimise")
-    return groups
+    return sorted(groups.values(), key=lambda g: ("lr" in g and g.get("lr_override", False), g["weight_decay"] == 0))
 
 
 @OPTIMIZERS.register("adamw")
@@ -125,7 +184,9 @@ class WarmupCosine(StepScheduler):
         self.warmup_steps = max(int(warmup_steps), 0)
         self.min_lr = float(min_lr)
         self.warmup_lr = float(warmup_lr)
-        self._base_max = max((g["lr"] for g in optimizer.param_groups), default=1.0) or 1.0
+        ref = [g["lr"] for g in optimizer.param_groups if not g.get("lr_override")] or [
+            g["lr"] for g in optimizer.param_groups]
+        self._base_max = max(ref, default=1.0) or 1.0
         super().__init__(optimizer, total_steps)
 
     def factor(self, step: int) -> float:

@@ -24,7 +24,7 @@ from pointpeft.peft.hooks import attach_adapter, detach_adapter
 from pointpeft.peft.inject import get_method, unwrap
 from pointpeft.peft.lora.method import target_linears
 from pointpeft.peft.mhr.config import MODES, MhrConfig
-from pointpeft.peft.mhr.layers import RoutedLora
+from pointpeft.peft.mhr.layers import RoutedLora, check_heads
 
 
 class Mhr(PeftMethod):
@@ -38,10 +38,24 @@ class Mhr(PeftMethod):
     def inject(self, model: nn.Module, spec: Any) -> None:
         cfg = self.config
         for linear in target_linears(spec, cfg.target_modules):
+            if cfg.mode in ("mhr", "mhr_z"):
+                try:
+                    check_heads(cfg.head_split, cfg.heads, cfg.r, linear.in_features, linear.out_features)
+                except ValueError as e:
+                    raise ConfigError(f"peft method 'mhr': {e}") from None
             layer = RoutedLora(linear.in_features, linear.out_features, cfg.r, cfg.inventory_size, cfg.routing_heads,
                                cfg.num_tasks, cfg.scaling, cfg.dropout, routed=cfg.mode != "mhr_mu",
-                               trainable_inventory=cfg.mode != "mhr_z", routing_init=cfg.routing_init)
+                               trainable_inventory=cfg.mode != "mhr_z", routing_init=cfg.routing_init,
+                               head_split=cfg.head_split, init=cfg.init, relaxed_bernoulli=cfg.relaxed_bernoulli)
             attach_adapter(linear, layer.to(linear.weight.device, linear.weight.dtype), "parallel")
+
+    def param_group_options(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """The routing logits' own lr and weight decay (mttl's ``module_logits`` param group)."""
+        opts: dict[str, float] = {"weight_decay": float(self.config.routing_weight_decay)}
+        if self.config.routing_lr is not None:
+            opts["lr"] = float(self.config.routing_lr)
+        return {name: dict(opts) for name, p in model.named_parameters()
+                if p.requires_grad and name.endswith("peft_adapter.routing")}
 
     def merge(self, model: nn.Module, spec: Any) -> None:
         """``W += scaling * B_t @ A_t`` for the current task ``t``; the inventories and routing are removed."""
@@ -125,7 +139,7 @@ def to_mode(model: nn.Module, mode: str) -> nn.Module:
     current = layers[0].heads
     if heads != current and current != 1:
         raise ConfigError(f"mhr: cannot turn a {current}-head routing into {heads} head(s) for mode {mode!r}")
-    new_cfg = _update_config(inner, mode=mode)  # validates r % heads
+    new_cfg = _update_config(inner, mode=mode)  # validates the heads
     for layer in layers:
         if heads != current:
             layer.expand_heads(heads)
