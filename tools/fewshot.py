@@ -9,11 +9,8 @@ Runs go to experiments/fewshot/<method>/<way>w<shot>s/fold<k>/; rerunning the co
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pointpeft.fewshot.cli import main  # noqa: E402
+from pointpeft.cli import fewshot_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fewshot_main())

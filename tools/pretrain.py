@@ -13,7 +13,7 @@ options: ``model.mask_ratio=0.75 optimizer.lr=5e-4``.
 
 import sys
 
-from pointpeft.engine.launch import run
+from pointpeft.cli import pretrain_main
 
 if __name__ == "__main__":
-    sys.exit(run(description="Pretrain a Point-MAE masked autoencoder (train.task: mae_pretrain)."))
+    sys.exit(pretrain_main())

@@ -7,7 +7,7 @@
 
 import sys
 
-from pointpeft.engine.evaluate import run
+from pointpeft.cli import test_main
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(test_main())

@@ -10,7 +10,7 @@ Dotted overrides follow the options: ``peft.num_experts=8 optimizer.lr=1e-3``.
 
 import sys
 
-from pointpeft.engine.launch import run
+from pointpeft.cli import train_main
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(train_main())
