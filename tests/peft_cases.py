@@ -3,14 +3,14 @@
 Every method registered in ``pointpeft.registry.PEFT_METHODS`` joins the matrix in tests/test_peft_matrix.py
 automatically. What the matrix expects of a method comes from the method object built with its default config:
 
-* ``zero_init_output`` (bool, default False): the model's eval output is unchanged right after injection;
 * ``mergeable`` (bool): ``merge`` folds the method into the backbone weights;
 * ``adds_tokens`` (bool): prompt tokens are appended inside the blocks;
 * ``trains_backbone`` (tuple of dotted-name suffixes, default empty): existing backbone parameters the method trains
   beyond the head and the CLS token (Adapter-X: ``norm2.weight``/``norm2.bias``).
 
-``MATRIX_CONFIGS`` holds the config a method is tested with when its defaults are not the right test (none needed
-so far).
+Whether the output is unchanged at initialisation is not read from the method: tests/test_init_output.py holds
+that table (a method cannot opt out by omission). ``MATRIX_CONFIGS`` holds the config a method is tested with when
+its defaults do not fit the tiny backbones.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from pointpeft.registry import PEFT_METHODS
 NUM_CLASSES = 5
 BACKBONES = ("point", "vit")
 #: config overrides for the matrix, by method name (merged over ``{"type": name}``)
-MATRIX_CONFIGS: dict[str, dict[str, Any]] = {}
+MATRIX_CONFIGS: dict[str, dict[str, Any]] = {
+    "pointgst": {"local": 8},  # local graphs must divide the tiny tokenizer's 16 patches (released: 32 of 64/128)
+}
 #: backbone weights no PEFT method may ever train (attention, FFN, tokenizer), as name fragments
 CORE_WEIGHTS = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight", "encoder.",
                 "patch_embed.", "pos_embed")
@@ -101,7 +103,6 @@ def method_variants() -> list[tuple[str, dict[str, Any]]]:
 
 @dataclass(frozen=True)
 class Expectation:
-    zero_init_output: bool
     mergeable: bool
     adds_tokens: bool
     trains_backbone: tuple[str, ...]
@@ -111,7 +112,6 @@ def expectation(config: dict[str, Any]) -> Expectation:
     """What the method promises, read from the method object built with ``config``."""
     method = method_for(build_peft_config(config))
     return Expectation(
-        zero_init_output=bool(getattr(method, "zero_init_output", False)),
         mergeable=bool(getattr(method, "mergeable", False)),
         adds_tokens=bool(getattr(method, "adds_tokens", False)),
         trains_backbone=tuple(getattr(method, "trains_backbone", ())),
