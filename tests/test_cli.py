@@ -42,3 +42,21 @@ def test_every_installed_command_answers_help() -> None:
 
     assert " ".join(PRETRAIN_DESCRIPTION.split()) in helps["pointpeft-pretrain"]
     assert "Fine-tune a pretrained transformer." in helps["pointpeft-train"]
+
+
+def test_quiet_silences_the_console_not_the_run_log(tmp_path: Path, capfd) -> None:  # noqa: ANN001
+    """``--quiet`` is warnings only on the console; the run folder's train.log still has every line."""
+    from engine_cases import SYNTH_ADAPTERX, TINY
+
+    from pointpeft.engine.launch import run
+
+    runs = tmp_path / "s"
+    short = ["train.epochs=1", "train.max_steps_per_epoch=1", "data.val.num_samples=8", "scheduler.warmup_epochs=0"]
+    assert run(["--config", str(SYNTH_ADAPTERX), "--run-dir", str(runs), "--quiet", "--seeds", "0", "1", *TINY,
+                *short]) == 0
+    console = capfd.readouterr().err
+    assert "run folder:" not in console
+    first, second = (runs / "seed0" / "train.log").read_text(), (runs / "seed1" / "train.log").read_text()
+    assert "run folder:" in first and "done: best" in first
+    assert str(runs / "seed1") not in first  # each seed's log has its own run only
+    assert "run folder:" in second and "done: best" in second

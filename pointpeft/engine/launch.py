@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from pointpeft.engine import checkpoint as ck
 from pointpeft.engine.distributed import DistInfo, broadcast_object, cleanup, init_distributed
 from pointpeft.engine.run_dir import default_run_dir, prepare_run_dir
 from pointpeft.errors import ConfigError, PointPeftError
-from pointpeft.utils.misc import get_logger, setup_logging
+from pointpeft.utils.misc import LOGGER_NAME, get_logger, setup_logging
 
 log = get_logger("train")
 
@@ -116,6 +117,7 @@ def run(argv: Sequence[str] | None = None, description: str = "Fine-tune a pretr
 def _run_one(args: argparse.Namespace) -> int:
     info: DistInfo | None = None
     trainer = None
+    handlers = set(logging.getLogger(LOGGER_NAME).handlers)
     try:
         from pointpeft.engine.trainer import Trainer
 
@@ -150,6 +152,15 @@ def _run_one(args: argparse.Namespace) -> int:
     finally:
         if info is not None:
             cleanup(info)
+        _close_run_log(handlers)
+
+
+def _close_run_log(before: set[logging.Handler]) -> None:
+    """Detach this run's train.log: with ``--seeds`` the next run's lines go to the next run's folder only."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for h in set(logger.handlers) - before:
+        logger.removeHandler(h)
+        h.close()
 
 
 def _mark(trainer: Any, info: DistInfo | None, status: str) -> None:

@@ -18,19 +18,23 @@ def get_logger(name: str | None = None) -> logging.Logger:
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | os.PathLike | None = None) -> logging.Logger:
-    """Configure the 'pointpeft' logger once: console (and optionally a file) with time stamps."""
+    """Configure the 'pointpeft' logger once: console (and optionally a file) with time stamps. ``level`` is the
+    console's; a log file always gets INFO and up, so a ``--quiet`` run's folder still has its complete log."""
     logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(level)
     fmt = logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S")
-    if not any(getattr(h, "_pointpeft_console", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(fmt)
-        h._pointpeft_console = True  # type: ignore[attr-defined]
-        logger.addHandler(h)
+    console = next((h for h in logger.handlers if getattr(h, "_pointpeft_console", False)), None)
+    if console is None:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        console._pointpeft_console = True  # type: ignore[attr-defined]
+        logger.addHandler(console)
+    console.setLevel(level)
     if log_file is not None:
         fh = logging.FileHandler(log_file)
         fh.setFormatter(fmt)
+        fh.setLevel(min(level, logging.INFO))
         logger.addHandler(fh)
+    logger.setLevel(min(h.level or level for h in logger.handlers))
     logger.propagate = False
     return logger
 
