@@ -1,88 +1,302 @@
 #!/usr/bin/env python
-"""The real-data table (docs/results.md): pretrain the small backbone on ModelNet40's training clouds (labels
-unused), fine-tune every method from it with one budget, and write the table and the accuracy-vs-parameters plot
-from the runs' results.json files. Every step is resumable: finished runs are skipped, interrupted ones resumed.
+"""The real-data table (docs/results.md): fine-tune every method from one pretrained backbone with one budget and
+write the table and plots from the runs' results.json files. Every step is resumable: finished runs are skipped,
+interrupted ones resumed.
 
-    python scripts/sweep.py --data-root ../shared/data/modelnet40_ply_hdf5_1024            # run (background it)
-    python scripts/sweep.py --table-only                                                   # rewrite the table
+With ``--ledger results/NAME`` each finished run's summary files (config.yaml, results.json; never weights) are
+copied into that committed tree, a run whose ledger entry is finished is never run again, and the tables are built
+from the ledger alone — so a fresh clone resumes where the last sitting stopped and rebuilds every table:
 
-The budget (backbone, subset, epochs, seeds) is in the table's header; defaults fit a few hours of 2-core CPU.
+    python scripts/sweep.py --ckpt ../shared/weights/point_mae_small_mn40.pth --ledger results/mn40-small \\
+        --search optimizer.lr=2.5e-4,5e-4,1e-3,2e-3 --search-methods linear adapterx full       # 1. recipe search
+    python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search                 # 2. main table
+    python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search \\
+        --efficiency 10 100 --methods linear full adapterx dapt_x                                # 3. data efficiency
+    python scripts/sweep.py --ledger results/mn40-small --plan                                  # what is left
+    python scripts/sweep.py --ledger results/mn40-small --table-only                            # rebuild the tables
+
+The recipe search trains on the budget's training subset and scores on a validation split carved out of the
+*training* split (``--val-per-class`` clouds per class, disjoint from the training subset); the test split is never
+looked at to choose. ``--use-search`` then gives every method its family's winner (one recipe per family: full
+fine-tuning, linear probe, PEFT methods). The main number is the last epoch; the best epoch stands beside it.
+
+Without ``--ckpt`` the sweep pretrains its own small backbone first (``--pretrain-epochs``), as earlier sweeps did.
 
 Investigations go in the same file, below the main table, each with what it changes:
 
     python scripts/sweep.py --variant lr2e-3 --set optimizer.lr=2e-3 --methods adapterx   # same backbone, other recipe
-    python scripts/sweep.py --root experiments/sweep-pretrain-all --pretrain-epochs 4 --pretrain-per-class 0 \
-        --methods linear adapterx full --seeds-for --out /tmp/other.md                   # another pretraining
-    python scripts/sweep.py --table-only --also experiments/sweep-pretrain-all            # list it under the main table
+    python scripts/sweep.py --table-only --also experiments/sweep-pretrain-all            # another root's rows
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+from pointpeft.config import load_config
 from pointpeft.engine.launch import run as train_run
-from pointpeft.engine.summary import collect, markdown_table
+from pointpeft.engine.ledger import entry_status, is_finished, record_run
+from pointpeft.engine.summary import Row, collect, last_best_table, mean_std
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
 from pointpeft.utils.misc import get_logger, setup_logging
 
 log = get_logger("sweep")
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["linear", "adapterx", "adapterx_per_block", "full", "dapt", "idpt", "vpt_deep", "lora", "adaptformer", "mosa", "mhr"]
+RECIPES = REPO / "cfgs" / "_base_" / "peft"
+
+
+def recipe_methods() -> list[str]:
+    """Every method with a recipe (the stems of cfgs/_base_/peft/*.yaml: the one list of methods)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+METHODS = recipe_methods()
+#: one recipe per family: a searched value is shared by the family's methods
+SOLO_FAMILIES = ("full", "linear")
+#: minutes per epoch assumed by --plan before a method has a finished run (small backbone, 50 clouds/class,
+#: whole test split, fp32 on 2 cores); replaced by the ledger's own medians as soon as there are some
+DEFAULT_EPOCH_MINUTES = {"full": 3.0, "linear": 0.8, "peft": 1.5}
+
+
+def family(method: str) -> str:
+    return method if method in SOLO_FAMILIES else "peft"
+
+
+class Planned(NamedTuple):
+    """One run of the sweep: where it goes (relative to the run root and to the ledger) and its train.py argv."""
+
+    rel: Path
+    method: str
+    argv: list[str]
+    note: str = ""
 
 
 def _status(run_dir: Path) -> str:
-    f = run_dir / "results.json"
-    if not f.is_file():
-        return "absent"
-    return json.loads(f.read_text()).get("status", "running")
+    return entry_status(run_dir)
 
 
-def _train(argv: list[str], run_dir: Path) -> None:
-    status = _status(run_dir)
-    if status == "finished":
-        log.info("done already: %s", run_dir)
+def _train(argv: list[str], run_dir: Path, entry: Path | None = None) -> None:
+    if entry is not None and is_finished(entry):
+        log.info("in the ledger already: %s", entry)
         return
-    if (run_dir / "ckpt-last.pth").is_file():
-        argv = ["--resume", str(run_dir)]  # the run's own config.yaml holds every override
-        log.info("resuming %s", run_dir)
+    if _status(run_dir) == "finished":
+        log.info("done already: %s", run_dir)
     else:
-        argv = [*argv, "--run-dir", str(run_dir), "--overwrite"]
-    t0 = time.time()
-    rc = train_run(argv)
-    if rc != 0:
-        raise SystemExit(f"sweep: run {run_dir} failed with exit code {rc}")
-    log.info("finished %s in %.1f min", run_dir, (time.time() - t0) / 60)
+        if (run_dir / "ckpt-last.pth").is_file():
+            argv = ["--resume", str(run_dir)]  # the run's own config.yaml holds every override
+            log.info("resuming %s", run_dir)
+        else:
+            argv = [*argv, "--run-dir", str(run_dir), "--overwrite"]
+        t0 = time.time()
+        rc = train_run(argv)
+        if rc != 0:
+            raise SystemExit(f"sweep: run {run_dir} failed with exit code {rc}")
+        log.info("finished %s in %.1f min", run_dir, (time.time() - t0) / 60)
+    if entry is not None:
+        record_run(run_dir, entry)
+        log.info("recorded in the ledger: %s (commit it)", entry)
 
 
-def data_nodes(root: str, per_class: int | None, test_per_class: int | None) -> list[str]:
-    train = f"{{type: modelnet40, root: {root}, split: train, npoints: 1024, transforms: [{{type: scale_translate}}]}}"
-    test = f"{{type: modelnet40, root: {root}, split: test, npoints: 1024}}"
+def _flow(node: dict) -> str:
+    return json.dumps(node, separators=(", ", ": "))  # JSON is YAML flow style: one override value
+
+
+def data_nodes(root: str, per_class: int | None, test_per_class: int | None, val_per_class: int | None = None,
+               leaf: Path | None = None) -> list[str]:
+    """``data.train`` / ``data.val`` overrides for the budget. With ``leaf`` the recipe's own data nodes are kept
+    (transforms, per-batch resampling) and only their root and subset change. ``val_per_class`` scores on clouds
+    of the *training* split that the training subset does not hold (the recipe search's validation split)."""
+    if leaf is not None:
+        data = load_config(leaf).get("data", {})
+        train = {**data["train"], "root": root}
+        test = {**data["val"], "root": root}
+    else:  # the pretraining config's data nodes are not the fine-tuning recipe's: plain ModelNet40
+        train = {"type": "modelnet40", "root": root, "split": "train", "npoints": 1024,
+                 "transforms": [{"type": "scale_translate"}]}
+        test = {"type": "modelnet40", "root": root, "split": "test", "npoints": 1024}
+    if val_per_class:
+        if not per_class:
+            raise SystemExit("sweep: a validation split needs a training subset (--per-class > 0) to be carved "
+                             "out of the rest of the training split")
+        plain_train = {k: v for k, v in train.items() if k not in ("transforms",)}
+        plain_train = {**plain_train, **{k: test[k] for k in ("npoints",) if k in test}}
+        for k in ("npoints_fps", "fps_pool"):  # evaluation reads clouds as the test node does
+            if k in test:
+                plain_train[k] = test[k]
+            else:
+                plain_train.pop(k, None)
+        test = {"type": "subset", "per_class": val_per_class, "skip": per_class, "seed": 0, "dataset": plain_train}
+    elif test_per_class:
+        test = {"type": "subset", "per_class": test_per_class, "seed": 0, "dataset": test}
     if per_class:
-        train = f"{{type: subset, per_class: {per_class}, seed: 0, dataset: {train}}}"
-    if test_per_class:
-        test = f"{{type: subset, per_class: {test_per_class}, seed: 0, dataset: {test}}}"
-    return [f"data.train={train}", f"data.val={test}"]
+        train = {"type": "subset", "per_class": per_class, "seed": 0, "dataset": train}
+    return [f"data.train={_flow(train)}", f"data.val={_flow(test)}"]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_search(spec: str | None) -> tuple[str, list[str]] | None:
+    """``optimizer.lr=5e-4,1e-3`` -> ("optimizer.lr", ["5e-4", "1e-3"])."""
+    if not spec:
+        return None
+    key, _, values = spec.partition("=")
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not key or not vals:
+        raise SystemExit(f"sweep: --search takes KEY=V1,V2,..., got {spec!r}")
+    return key.strip(), vals
+
+
+def search_rows(table_root: Path, budget: dict) -> dict[str, dict[str, Row]]:
+    """{value: {method: row}} of the finished search runs in the ledger (or run root)."""
+    search = budget.get("search") or {}
+    out: dict[str, dict[str, Row]] = {}
+    for value in search.get("values", []):
+        folder = table_root / "search" / f"{search['key']}={value}"
+        out[value] = {r.label: r for r in (collect([folder]) if folder.is_dir() else [])}
+    return out
+
+
+def search_winners(table_root: Path, budget: dict) -> dict[str, str]:
+    """{family: winning value}: the highest mean last-epoch validation accuracy over the family's searched
+    methods, among values whose runs have all finished (a family with unfinished values has no winner yet)."""
+    search = budget.get("search") or {}
+    rows = search_rows(table_root, budget)
+    winners: dict[str, str] = {}
+    for fam in {family(m) for m in search.get("methods", [])}:
+        members = [m for m in search["methods"] if family(m) == fam]
+        scores = {}
+        for value, by_method in rows.items():
+            if all(m in by_method for m in members):
+                scores[value] = statistics.mean(statistics.mean(by_method[m].values("acc", "last"))
+                                                for m in members)
+        if scores and len(scores) == len(search.get("values", [])):
+            winners[fam] = max(scores, key=lambda v: scores[v])
+    return winners
+
+
+def plan_runs(args: argparse.Namespace, budget: dict, table_root: Path, ckpt: str,
+              planning: bool = False) -> list[Planned]:
+    """The runs this invocation asks for, in order (search, then main or variant or efficiency). ``planning``
+    lists runs whose searched value is not known yet instead of refusing them."""
+    runs: list[Planned] = []
+    search = parse_search(args.search)
+
+    def ft(method: str, seed: int, per_class: int | None, val: int | None, extra: list[str]) -> list[str]:
+        cfg = REPO / "cfgs" / "finetune" / "modelnet40" / f"{method}.yaml"
+        if not cfg.is_file():
+            raise SystemExit(f"sweep: {cfg} does not exist (methods with a recipe: {', '.join(METHODS)})")
+        return ["--config", str(cfg), "--ckpt", ckpt, "--seed", str(seed), f"model.type={args.backbone}",
+                f"train.epochs={args.epochs}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
+                *data_nodes(args.data_root, per_class, args.test_per_class or None, val, leaf=cfg), *extra]
+
+    if search:
+        key, values = search
+        for value in values:
+            for method in args.search_methods:
+                runs.append(Planned(Path("search") / f"{key}={value}" / method / "seed0", method,
+                                    ft(method, 0, args.per_class or None, args.val_per_class, [f"{key}={value}"]),
+                                    f"search {key}={value}"))
+        return runs
+    winners = search_winners(table_root, budget) if args.use_search else {}
+    key = (budget.get("search") or {}).get("key")
+
+    def recipe(method: str) -> list[str]:
+        if not args.use_search:
+            return []
+        if family(method) not in winners:
+            if planning:
+                return [f"{key}=<search pending>"]
+            raise SystemExit(f"sweep: --use-search but the {family(method)} family ({method}) has no finished "
+                             f"search winner in {table_root}/search; run the search first (--plan shows it)")
+        return [f"{key}={winners[family(method)]}"]
+
+    if args.variant:
+        for seed in args.seeds:
+            for method in args.methods:
+                runs.append(Planned(Path("variants") / args.variant / method / f"seed{seed}", method,
+                                    ft(method, seed, args.per_class or None, None,
+                                       [*recipe(method), *args.set, f"exp_name={method}@{args.variant}"])))
+        return runs
+    if args.efficiency:
+        for n in args.efficiency:
+            for method in args.methods:
+                runs.append(Planned(Path("efficiency") / f"pc{n}" / method / "seed0", method,
+                                    ft(method, 0, n, None, recipe(method)), f"{n} clouds per class"))
+        return runs
+    for seed_list, methods in [(args.seeds, args.methods),
+                               (args.more_seeds, [m for m in args.methods if m in args.seeds_for])]:
+        for seed in seed_list:
+            for method in methods:
+                runs.append(Planned(Path("finetune") / method / f"seed{seed}", method,
+                                    ft(method, seed, args.per_class or None, None, recipe(method))))
+    return runs
+
+
+def epoch_minutes(table_root: Path) -> dict[str, float]:
+    """Median minutes per epoch of each method's finished runs in the ledger (for --plan's estimate)."""
+    out: dict[str, float] = {}
+    for r in collect([table_root]) if table_root.is_dir() else []:
+        if r.seconds_per_epoch == r.seconds_per_epoch:  # not NaN
+            out[r.label.split("@")[0]] = r.seconds_per_epoch / 60
+    return out
+
+
+def print_plan(runs: list[Planned], run_root: Path, table_root: Path, epochs: int) -> None:
+    """What is finished (ledger), in progress (a checkpoint in the run root) and left, with an estimate."""
+    per_epoch = epoch_minutes(table_root)
+    left = 0.0
+    for p in runs:
+        done = is_finished(table_root / p.rel)
+        state = "finished" if done else ("in progress" if (run_root / p.rel / "ckpt-last.pth").is_file()
+                                         else "to run")
+        minutes = 0.0 if done else epochs * per_epoch.get(p.method, DEFAULT_EPOCH_MINUTES[family(p.method)])
+        left += minutes
+        print(f"{state:12s} {str(p.rel):60s} {p.note:28s} {'' if done else f'~{minutes:.0f} min'}")
+    print(f"{sum(not is_finished(table_root / p.rel) for p in runs)} of {len(runs)} runs left, ~{left / 60:.1f} h "
+          "of this machine (estimate from the ledger's s/epoch, or defaults before any run finished)")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "modelnet40_ply_hdf5_1024"))
-    ap.add_argument("--root", default="experiments/sweep", help="where the sweep's run folders go")
+    ap.add_argument("--root", default=None, help="where the run folders go (default experiments/sweep, or "
+                    "experiments/<ledger name> with --ledger)")
+    ap.add_argument("--ledger", default=None, help="committed tree of finished runs' summaries (results/NAME); "
+                    "the table is built from it")
+    ap.add_argument("--ckpt", default=None, help="pretrained backbone to fine-tune from (no pretraining then)")
     ap.add_argument("--backbone", default="point_mae_small")
     ap.add_argument("--pretrain-epochs", type=int, default=3)
     ap.add_argument("--pretrain-per-class", type=int, default=60, help="pretraining clouds per class (0 = all)")
     ap.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs per run")
+    ap.add_argument("--warmup-epochs", type=int, default=1)
     ap.add_argument("--per-class", type=int, default=50, help="fine-tuning clouds per class (0 = all)")
     ap.add_argument("--test-per-class", type=int, default=15, help="test clouds per class (0 = the whole test set)")
+    ap.add_argument("--val-per-class", type=int, default=10,
+                    help="validation clouds per class for --search, carved from the training split")
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--seeds-for", nargs="*", default=["adapterx", "full", "dapt"],
+    ap.add_argument("--seeds-for", nargs="*", default=["linear", "full", "adapterx", "dapt", "dapt_x"],
                     help="methods that get every seed in --more-seeds")
     ap.add_argument("--more-seeds", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--search", default=None, metavar="KEY=V1,V2,...",
+                    help="recipe search on the validation split (one seed, --search-methods)")
+    ap.add_argument("--search-methods", nargs="+", default=["linear", "adapterx", "full"])
+    ap.add_argument("--use-search", action="store_true",
+                    help="give each method its family's winner of the recorded search")
+    ap.add_argument("--efficiency", type=int, nargs="+", default=None, metavar="N",
+                    help="data-efficiency runs: --methods at N training clouds per class (seed 0)")
     ap.add_argument("--variant", help="name of an investigation: fine-tune --methods x --seeds with the --set "
                     "overrides from this root's pretrained backbone (runs go to ROOT/variants/NAME)")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="the variant's fine-tuning overrides")
@@ -90,54 +304,68 @@ def main(argv: list[str] | None = None) -> int:
                     help="other sweep roots (another pretraining...) to list under the main table; remembered")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--plan", action="store_true", help="list finished and remaining runs with an estimate; run nothing")
     args = ap.parse_args(argv)
     if args.set and not args.variant:
         ap.error("--set needs --variant NAME (the main table keeps one recipe for every method)")
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
         ap.error(f"--set takes KEY=VALUE, got {bad}")
+    if sum(map(bool, (args.search, args.variant, args.efficiency))) > 1:
+        ap.error("--search, --variant and --efficiency are separate steps: give one at a time")
     setup_logging()
-    root = Path(args.root)
+    ledger = Path(args.ledger) if args.ledger else None
+    root = Path(args.root) if args.root else (Path("experiments") / ledger.name if ledger else Path("experiments/sweep"))
+    table_root = ledger or root
     budget = {k: getattr(args, k) for k in ("backbone", "pretrain_epochs", "pretrain_per_class", "epochs",
                                             "per_class", "test_per_class", "methods", "seeds", "seeds_for",
                                             "more_seeds", "also")}
-    if args.variant:  # a variant adds its own record and leaves the main table's method list alone
-        budget.update(methods=[], seeds=[], seeds_for=[], more_seeds=[],
-                      variants={args.variant: {"set": args.set, "methods": args.methods, "seeds": args.seeds}})
+    if args.ckpt:
+        budget.update(ckpt=str(args.ckpt), ckpt_sha256=sha256(Path(args.ckpt)), pretrain_epochs=None,
+                      pretrain_per_class=None)
+    search = parse_search(args.search)
+    if search or args.variant or args.efficiency:  # a step of its own leaves the main table's lists alone
+        budget.update(methods=[], seeds=[], seeds_for=[], more_seeds=[])
+    if search:
+        budget["search"] = {"key": search[0], "values": search[1], "methods": args.search_methods,
+                            "val_per_class": args.val_per_class}
+    if args.variant:
+        budget["variants"] = {args.variant: {"set": args.set, "methods": args.methods, "seeds": args.seeds}}
+    if args.efficiency:
+        budget["efficiency"] = {"per_class": args.efficiency, "methods": args.methods}
     if args.table_only:
-        remember_also(root / "budget.json", args.also)
+        remember_also(table_root / "budget.json", args.also)
+    elif args.plan:
+        recorded = _read_budget(table_root / "budget.json")
+        ckpt = str(args.ckpt or recorded.get("ckpt") or "pretrain.pth")
+        print_plan(plan_runs(args, recorded or budget, table_root, ckpt, planning=True), root, table_root,
+                   args.epochs)
+        return 0
     else:
-        record_budget(root / "budget.json", budget)
-        pre_dir = root / "pretrain"
-        pre = ["--config", str(REPO / "cfgs/pretrain/modelnet40.yaml"), f"model.arch={args.backbone}",
-               f"train.epochs={args.pretrain_epochs}", "data.batch_size=32", "data.num_workers=0",
-               "scheduler.warmup_epochs=1", "pretrain.probe=null", "train.progress=off",
-               *data_nodes(args.data_root, args.pretrain_per_class or None, 10)]
-        _train(pre, pre_dir)
-        ckpt = pre_dir / "pretrain.pth"
-        if args.variant:
-            plan = [(args.seeds, args.methods)]
-            runs_dir = root / "variants" / args.variant
+        record_budget(table_root / "budget.json", budget)
+        if args.ckpt:
+            ckpt = str(args.ckpt)
         else:
-            plan = [(args.seeds, args.methods), (args.more_seeds, [m for m in args.methods if m in args.seeds_for])]
-            runs_dir = root / "finetune"
-        for seed_list, methods in plan:
-            for seed in seed_list:
-                for method in methods:
-                    cfg = REPO / "cfgs" / "finetune" / "modelnet40" / f"{method}.yaml"
-                    ft = ["--config", str(cfg), "--ckpt", str(ckpt), "--seed", str(seed),
-                          f"model.type={args.backbone}", f"train.epochs={args.epochs}", "scheduler.warmup_epochs=1",
-                          "train.progress=off", *data_nodes(args.data_root, args.per_class or None,
-                                                           args.test_per_class or None)]
-                    if args.variant:
-                        ft += [*args.set, f"exp_name={method}@{args.variant}"]
-                    _train(ft, runs_dir / method / f"seed{seed}")
-    write_table(root, Path(args.out), budget)
+            pre_dir = root / "pretrain"
+            pre = ["--config", str(REPO / "cfgs/pretrain/modelnet40.yaml"), f"model.arch={args.backbone}",
+                   f"train.epochs={args.pretrain_epochs}", "data.batch_size=32", "data.num_workers=0",
+                   "scheduler.warmup_epochs=1", "pretrain.probe=null", "train.progress=off",
+                   *data_nodes(args.data_root, args.pretrain_per_class or None, 10)]
+            _train(pre, pre_dir)
+            ckpt = str(pre_dir / "pretrain.pth")
+        for p in plan_runs(args, _read_budget(table_root / "budget.json"), table_root, ckpt):
+            _train(p.argv, root / p.rel, table_root / p.rel if ledger else None)
+    write_table(table_root, Path(args.out), budget)
     return 0
 
 
+def _read_budget(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 #: budget keys that must agree between sweep processes sharing a root; the others (method and seed lists) are merged
-BUDGET_FIXED = ("backbone", "pretrain_epochs", "pretrain_per_class", "epochs", "per_class", "test_per_class")
+BUDGET_FIXED = ("backbone", "ckpt_sha256", "pretrain_epochs", "pretrain_per_class", "epochs", "per_class",
+                "test_per_class")
 
 
 def record_budget(path: Path, budget: dict) -> None:
@@ -147,7 +375,7 @@ def record_budget(path: Path, budget: dict) -> None:
         old = json.loads(path.read_text())
         diff = [k for k in BUDGET_FIXED if old.get(k) != budget.get(k)]
         if diff:
-            raise SystemExit(f"sweep: {path} holds another budget ({', '.join(f'{k}: {old.get(k)} vs {budget[k]}' for k in diff)}); "
+            raise SystemExit(f"sweep: {path} holds another budget ({', '.join(f'{k}: {old.get(k)} vs {budget.get(k)}' for k in diff)}); "
                              "use another --root")
         for k in ("methods", "seeds", "seeds_for", "more_seeds", "also"):
             budget[k] = list(dict.fromkeys([*old.get(k, []), *budget.get(k, [])]))
@@ -160,7 +388,23 @@ def record_budget(path: Path, budget: dict) -> None:
             variants[name] = {"set": rec["set"], **{k: list(dict.fromkeys([*old_rec[k], *rec[k]]))
                                                     for k in ("methods", "seeds")}}
         budget["variants"] = variants
-    atomic_write_json(path, budget)
+        for step in ("search", "efficiency"):
+            budget[step] = _merge_step(path, step, old.get(step), budget.get(step))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {k: v for k, v in budget.items() if v is not None or k in BUDGET_FIXED})
+
+
+def _merge_step(path: Path, step: str, old: dict | None, new: dict | None) -> dict | None:
+    """A search (one key, one validation size) or efficiency record grows by values and methods only."""
+    if not old or not new:
+        return old or new
+    for k in ("key", "val_per_class"):
+        if old.get(k) != new.get(k):
+            raise SystemExit(f"sweep: {path} records a {step} with {k} {old.get(k)!r}, not {new.get(k)!r}; "
+                             "use another --ledger")
+    values_key = "values" if step == "search" else "per_class"
+    return {**old, values_key: list(dict.fromkeys([*old[values_key], *new[values_key]])),
+            "methods": list(dict.fromkeys([*old["methods"], *new["methods"]]))}
 
 
 def remember_also(path: Path, roots: list[str]) -> None:
@@ -177,6 +421,9 @@ def _finished_rows(folder: Path) -> list:
 
 
 def _pretraining(budget: dict) -> str:
+    if budget.get("ckpt"):
+        return (f"`{budget.get('backbone')}` from `{budget['ckpt']}` (sha256 {str(budget.get('ckpt_sha256'))[:12]}…; "
+                "see the README beside it for how it was pretrained)")
     return (f"`{budget.get('backbone')}` pretrained with Point-MAE on ModelNet40 training clouds "
             f"({budget.get('pretrain_per_class') or 'all'} per class, labels unused) for {budget.get('pretrain_epochs')} "
             "epochs")
@@ -185,9 +432,68 @@ def _pretraining(budget: dict) -> str:
 def _rows_block(rows: list) -> str:
     if not rows:
         return "_no finished runs yet_\n"
-    return (markdown_table(rows) + "\n"  # what each row is, from the runs' own config descriptions
+    return (last_best_table(rows) + "\n"  # what each row is, from the runs' own config descriptions
             + "\n".join(f"- `{r.label}`: {r.runs[0].get('config', {}).get('description', '')}"
                         for r in sorted(rows, key=lambda r: r.trainable)) + "\n")
+
+
+def _search_section(table_root: Path, budget: dict) -> list[str]:
+    """The recipe search: validation accuracy (last epoch) per value and method, and each family's winner."""
+    search = budget.get("search")
+    if not search:
+        return []
+    rows = search_rows(table_root, budget)
+    winners = search_winners(table_root, budget)
+    methods = search["methods"]
+    lines = ["## Recipe search (validation split carved from the training split)", "",
+             f"`{search['key']}` searched over {', '.join(search['values'])} for {', '.join(methods)}, one seed, "
+             f"the main table's budget; scored by the last-epoch accuracy on {search['val_per_class']} training "
+             "clouds per class that the training subset does not hold (never the test split). One recipe per "
+             f"family ({', '.join(SOLO_FAMILIES)}, and every PEFT method sharing the PEFT winner).", "",
+             "| value | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for value in search["values"]:
+        cells = [mean_std(rows[value][m].values("acc", "last")) if m in rows[value] else "—" for m in methods]
+        lines.append(f"| {value} | " + " | ".join(cells) + " |")
+    fams = sorted({family(m) for m in methods})
+    lines += ["", "Winners: " + ", ".join(f"{f} → `{search['key']}={winners[f]}`" if f in winners
+                                         else f"{f} → (search unfinished)" for f in fams) + ".", ""]
+    return lines
+
+
+def _efficiency_section(table_root: Path, budget: dict, out: Path, main_rows: list) -> list[str]:
+    """Accuracy vs training clouds per class: the efficiency runs plus the main table's seed-0 rows."""
+    eff = budget.get("efficiency")
+    if not eff:
+        return []
+    points: dict[str, dict[int, tuple[float, float]]] = {}
+    main = {r.label: r for r in main_rows}
+    for n in sorted({*eff["per_class"], budget.get("per_class") or 0}):
+        for method in eff["methods"]:
+            if n == budget.get("per_class") and method in main:
+                runs = [r for r in main[method].runs if r.get("seed", 0) == 0] or main[method].runs[:1]
+                row = Row(method, runs)
+            else:
+                found = _finished_rows(table_root / "efficiency" / f"pc{n}" / method)
+                if not found:
+                    continue
+                row = found[0]
+            points.setdefault(method, {})[n] = (row.values("acc", "last")[0], row.values("acc")[0])
+    sizes = sorted({n for p in points.values() for n in p})
+    lines = ["## Data efficiency (seed 0)", "",
+             "Last-epoch test accuracy (best epoch in brackets) against training clouds per class; the middle "
+             "column is the main table's seed-0 run.", "",
+             "| method | " + " | ".join(f"{n}/class" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for method, p in points.items():
+        lines.append(f"| {method} | " + " | ".join(f"{p[n][0]:.2f} ({p[n][1]:.2f})" if n in p else "—"
+                                                   for n in sizes) + " |")
+    if points:
+        from pointpeft.viz.plots import plot_accuracy_vs_clouds
+
+        png = out.with_name("results_efficiency.png")
+        plot_accuracy_vs_clouds({m: {n: v[0] for n, v in p.items()} for m, p in points.items()}, png,
+                                title="ModelNet40: last-epoch accuracy vs training clouds per class")
+        lines += ["", f"![accuracy vs training clouds]({png.name})"]
+    return [*lines, ""]
 
 
 def _investigations(root: Path, budget: dict) -> list[str]:
@@ -219,6 +525,7 @@ def _investigations(root: Path, budget: dict) -> list[str]:
 
 
 def write_table(root: Path, out: Path, budget: dict) -> None:
+    """docs/results.md from the finished runs below ``root`` (the ledger when there is one)."""
     rows = _finished_rows(root / "finetune")
     budget_file = root / "budget.json"
     if budget_file.is_file():
@@ -231,21 +538,25 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
     head = [
         "# Results on the real ModelNet40 (CPU budget)",
         "",
-        "Generated by `python scripts/sweep.py` from the runs' `results.json` files; nothing typed by hand.",
+        f"Generated by `python scripts/sweep.py --table-only` from the runs' `results.json` files in `{root}`; "
+        "nothing typed by hand.",
         "",
         f"- Backbone: {_pretraining(budget)}.",
         f"- Fine-tuning: {budget.get('epochs')} epochs on {budget.get('per_class') or 'all'} training clouds per "
         f"class ({sizes.get('train', '?')} clouds); accuracy on "
-        + ("the whole ModelNet40 test split" if not budget.get("test_per_class")
+        + ("the whole ModelNet40 test split in `../shared/data`" if not budget.get("test_per_class")
            else f"{budget.get('test_per_class')} test clouds per class of ModelNet40")
-        + f" ({sizes.get('val', '?')} clouds; plain single view, best epoch).",
+        + f" ({sizes.get('val', '?')} clouds; plain single view). The main number is the **last epoch**; the best "
+        "epoch (the originals' choice, made on the test split) stands beside it.",
         f"- Seeds: {budget.get('seeds')} for every method; extra seeds {budget.get('more_seeds')} planned for "
         f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std).",
+        f"- Recipe: {_recipe_line(root, budget)}",
         f"- Hardware: {machine.get('cpu_model', '?')}, {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
-        "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine, with two to "
-        "seven sweep processes running at once: compare speeds with benchmarks/README.md, not with this column.",
+        "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine: compare speeds "
+        "with benchmarks/README.md, not with this column. `commit` is the commit each row ran on (`+`: with "
+        "uncommitted changes in the tree).",
         "",
-        "This is a small-budget sanity table, not the paper's protocol (300 epochs on the full set from the "
+        "This is a small-budget table, not the paper's protocol (300 epochs on the full set from the "
         "official Point-MAE weights): use `scripts/paper_tables.sh` on a GPU for that. The `trainable %` column is "
         "relative to the small backbone, where the classification head alone is several percent.",
         "",
@@ -255,18 +566,28 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
     if missing:
         tail += ["", f"Not run yet (the sweep resumes where it stopped): {', '.join(missing)}.", ""]
     if rows:
-        import statistics
-
         from pointpeft.viz.plots import ParamPoint, plot_accuracy_vs_params
 
-        pts = [ParamPoint(r.label, r.trainable, statistics.mean(r.values("acc")),
+        pts = [ParamPoint(r.label, r.trainable, statistics.mean(r.values("acc", "last") or r.values("acc")),
                           float(r.runs[0]["params"]["total"])) for r in rows]
         png = out.with_name("results_params.png")
-        plot_accuracy_vs_params(pts, png, title="ModelNet40 (CPU budget): accuracy vs trainable parameters")
+        plot_accuracy_vs_params(pts, png, title="ModelNet40 (CPU budget): last-epoch accuracy vs trainable parameters")
         tail += ["", f"![accuracy vs trainable parameters]({png.name})", ""]
+    tail += _search_section(root, budget)
+    tail += _efficiency_section(root, budget, out, rows)
     tail += _investigations(root, budget)
     atomic_write_text(out, "\n".join(head) + _rows_block(rows) + "\n".join(tail))
     log.info("wrote %s (%d methods)", out, len(rows))
+
+
+def _recipe_line(root: Path, budget: dict) -> str:
+    search = budget.get("search")
+    if not search:
+        return "each method's shipped config (cfgs/finetune/modelnet40/<method>.yaml), epochs as above."
+    winners = search_winners(root, budget)
+    return ("each method's shipped config, with `" + search["key"] + "` chosen per family on the validation split "
+            "(see the recipe search below): "
+            + ", ".join(f"{f} {winners[f]}" for f in sorted(winners)) + ".")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def _run(root: Path, method: str, seed: int, acc: float, trainable: int, status:
     results = {"status": status, "task": "classification", "config": config,
                "params": {"trainable": trainable, "total": 1000, "percent": trainable / 10},
                "best": {"epoch": 3, "acc": acc, "mean_class_acc": acc - 1},
+               "last": {"epoch": 4, "acc": acc - 2, "mean_class_acc": acc - 3}, "git_commit": "0123456789-dirty",
                "history": [{"epoch": 1, "time_s": 10.0}], "data_sizes": {"train": 200, "val": 60},
                "machine": {"cpu_model": "test cpu", "cpu_affinity": 2}, "amp": {"mode": "fp32"}}
     (d / "results.json").write_text(json.dumps(results))
@@ -46,8 +47,9 @@ def test_table_from_results_files(sweep, tmp_path):
     out = tmp_path / "results.md"
     sweep.write_table(tmp_path, out, budget)
     text = out.read_text()
-    assert "| linear | 50 | 5.00 | 50.00 | 49.00 | 1 | 10 |" in text
-    assert "| adapterx | 100 | 10.00 | 62.00 ± 2.83 | 61.00 ± 2.83 | 2 | 10 |" in text
+    # last epoch first, best epoch beside it, last-epoch mean-class accuracy, seeds, commit (+: dirty tree)
+    assert "| linear | 50 | 5.00 | 48.00 | 50.00 | 47.00 | 1 | 0123456+ | 10 |" in text
+    assert "| adapterx | 100 | 10.00 | 60.00 ± 2.83 | 62.00 ± 2.83 | 59.00 ± 2.83 | 2 | 0123456+ | 10 |" in text
     assert "Not run yet (the sweep resumes where it stopped): full." in text
     assert "(200 clouds)" in text and "(60 clouds;" in text and "test cpu" in text
     assert (tmp_path / "results_params.png").stat().st_size > 1000
@@ -101,9 +103,9 @@ def test_investigations_section_lists_variants_and_other_roots(sweep, tmp_path):
     main_table, investigations = text.split("## Investigations")
     assert "| linear | 50 |" in main_table and "adapterx" not in main_table.split("| method |")[1].split("###")[0]
     assert "### Variant `lr2e-3`: `optimizer.lr=2e-3`" in investigations
-    assert "| adapterx@lr2e-3 | 100 | 10.00 | 66.00 |" in investigations
+    assert "| adapterx@lr2e-3 | 100 | 10.00 | 64.00 | 66.00 |" in investigations
     assert f"### Another pretraining: `{other}`" in investigations and "for 4 epochs" in investigations
-    assert "(all per class" in investigations and "| adapterx | 100 | 10.00 | 70.00 |" in investigations
+    assert "(all per class" in investigations and "| adapterx | 100 | 10.00 | 68.00 | 70.00 |" in investigations
     assert "the same as the main table" in investigations
 
 

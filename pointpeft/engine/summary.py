@@ -43,6 +43,17 @@ class Row:
         return float(self.runs[0]["params"]["percent"])
 
     @property
+    def commits(self) -> list[str]:
+        """The short commits the runs ran on (``+`` marks a working tree with uncommitted changes)."""
+        out = []
+        for r in self.runs:
+            c = str(r.get("git_commit") or "?")
+            short = c[:7] + ("+" if c.endswith("-dirty") else "")
+            if short not in out:
+                out.append(short)
+        return out
+
+    @property
     def seconds_per_epoch(self) -> float:
         times = [h["time_s"] for r in self.runs for h in r.get("history", []) if "time_s" in h]
         return statistics.median(times) if times else float("nan")
@@ -90,4 +101,17 @@ def markdown_table(rows: Sequence[Row]) -> str:
     for r in sorted(rows, key=lambda r: r.trainable):
         lines.append(f"| {r.label} | {r.trainable:,} | {r.percent:.2f} | {mean_std(r.values('acc'))} | "
                      f"{mean_std(r.values('mean_class_acc'))} | {len(r.runs)} | {r.seconds_per_epoch:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def last_best_table(rows: Sequence[Row]) -> str:
+    """The results table with the last epoch as the main number and the best epoch beside it, labelled (the
+    originals report the best epoch on the test split; a last-epoch number involves no choice on it)."""
+    lines = ["| method | trainable params | trainable % | **last-epoch acc (%)** | best-epoch acc (%) | "
+             "last-epoch mean-class acc (%) | seeds | commit | s/epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in sorted(rows, key=lambda r: r.trainable):
+        lines.append(f"| {r.label} | {r.trainable:,} | {r.percent:.2f} | {mean_std(r.values('acc', 'last'))} | "
+                     f"{mean_std(r.values('acc'))} | {mean_std(r.values('mean_class_acc', 'last'))} | "
+                     f"{len(r.runs)} | {' '.join(r.commits)} | {r.seconds_per_epoch:.0f} |")
     return "\n".join(lines) + "\n"

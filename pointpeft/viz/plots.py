@@ -335,6 +335,35 @@ def plot_accuracy_vs_params(points: Sequence[ParamPoint], out: str | os.PathLike
     return save_figure(fig, out)
 
 
+
+def plot_accuracy_vs_clouds(series: Mapping[str, Mapping[int, float]], out: str | os.PathLike,
+                            title: str | None = None, ylabel: str = "accuracy (%)") -> Path:
+    """Data efficiency: one line per method, accuracy against training clouds per class (log x axis)."""
+    if not series or not any(series.values()):
+        raise InputError("plot clouds: no points given")
+    from matplotlib.ticker import FuncFormatter
+
+    from pointpeft.viz.colors import categorical_colors
+
+    fig, _ = _new_figure((6.4, 4.4))
+    ax = fig.add_subplot()
+    sizes = sorted({n for pts in series.values() for n in pts})
+    bad = [n for n in sizes if n <= 0]
+    if bad:
+        raise DataError(f"plot clouds: clouds per class must be > 0, got {bad}")
+    for (label, pts), c in zip(series.items(), categorical_colors(len(series))):
+        xs = sorted(pts)
+        ax.plot(xs, [pts[n] for n in xs], marker="o", color=c, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("training clouds per class (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    ax.set_title(title or "accuracy vs training clouds", fontsize=11)
+    return save_figure(fig, out)
+
 # -- expert usage ----------------------------------------------------------------------------------------------
 
 def plot_expert_usage(usage: np.ndarray, out: str | os.PathLike, title: str | None = None) -> Path:

@@ -1,0 +1,168 @@
+"""The results ledger (pointpeft.engine.ledger) and the sweep's honest recipe search: finished entries are never
+rerun, only summaries enter the ledger, the validation split comes from the training split and never overlaps the
+training subset or the test split, and the search's winners are computed from the ledger per family."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pointpeft.data import build_dataset
+from pointpeft.engine.ledger import entry_status, finished_entries, is_finished, record_run, record_tree
+from pointpeft.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("sweep_tool_ledger", REPO / "scripts" / "sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _results(acc_last: float, status: str = "finished", method: str = "adapterx", time_s: float = 60.0) -> dict:
+    return {"status": status, "task": "classification", "config": {"peft": {"type": method}},
+            "git_commit": "0123456789abcdef", "params": {"trainable": 10, "total": 100, "percent": 10.0},
+            "best": {"epoch": 2, "acc": acc_last + 1, "mean_class_acc": acc_last},
+            "last": {"epoch": 3, "acc": acc_last, "mean_class_acc": acc_last - 1},
+            "history": [{"epoch": 1, "time_s": time_s}]}
+
+
+def _run_dir(path: Path, **kw) -> Path:
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(_results(**kw)))
+    (path / "config.yaml").write_text("peft: {type: adapterx}\n")
+    (path / "ckpt-last.pth").write_bytes(b"weights")
+    (path / "adapter").mkdir()
+    (path / "adapter" / "adapter.safetensors").write_bytes(b"weights")
+    return path
+
+
+def test_record_run_keeps_summaries_only_and_refuses_unfinished(tmp_path):
+    run = _run_dir(tmp_path / "runs" / "a", acc_last=50.0)
+    entry = record_run(run, tmp_path / "ledger" / "a")
+    assert sorted(p.name for p in entry.iterdir()) == ["config.yaml", "results.json"]
+    assert is_finished(entry) and entry_status(tmp_path / "ledger" / "b") == "absent"
+    unfinished = _run_dir(tmp_path / "runs" / "b", acc_last=1.0, status="running")
+    with pytest.raises(DataError, match="does not say finished"):
+        record_run(unfinished, tmp_path / "ledger" / "b")
+    assert not (tmp_path / "ledger" / "b").exists()
+
+
+def test_record_run_refuses_a_file_too_large_for_a_summary(tmp_path):
+    run = _run_dir(tmp_path / "runs" / "a", acc_last=50.0)
+    (run / "test.json").write_text("x" * (2 * 1024 * 1024 + 1))
+    with pytest.raises(DataError, match="test.json.*too large"):
+        record_run(run, tmp_path / "ledger" / "a")
+
+
+def test_record_tree_and_finished_entries(tmp_path):
+    _run_dir(tmp_path / "runs" / "5w10s" / "fold0", acc_last=80.0)
+    _run_dir(tmp_path / "runs" / "5w10s" / "fold1", acc_last=1.0, status="interrupted")
+    recorded = record_tree(tmp_path / "runs", tmp_path / "ledger")
+    assert recorded == [tmp_path / "ledger" / "5w10s" / "fold0"]
+    assert list(finished_entries(tmp_path / "ledger")) == recorded
+
+
+def test_a_finished_ledger_entry_is_never_rerun(sweep, tmp_path, monkeypatch):
+    entry = _run_dir(tmp_path / "ledger" / "finetune" / "linear" / "seed0", acc_last=40.0)
+    monkeypatch.setattr(sweep, "train_run", lambda argv: pytest.fail(f"ran {argv}"))
+    sweep._train(["--config", "x"], tmp_path / "runs" / "finetune" / "linear" / "seed0", entry)
+    # a finished run folder not yet in the ledger is recorded without training again
+    run = _run_dir(tmp_path / "runs" / "finetune" / "full" / "seed0", acc_last=70.0)
+    sweep._train(["--config", "x"], run, tmp_path / "ledger" / "finetune" / "full" / "seed0")
+    assert json.loads((tmp_path / "ledger/finetune/full/seed0/results.json").read_text())["last"]["acc"] == 70.0
+
+
+def _labels(node: str) -> np.ndarray:
+    return np.asarray(build_dataset(json.loads(node.split("=", 1)[1])).indices)
+
+
+def test_validation_split_is_carved_from_training_clouds_the_subset_does_not_hold(sweep, modelnet_h5_root):
+    leaf = REPO / "cfgs" / "finetune" / "modelnet40" / "adapterx.yaml"
+    train, val = sweep.data_nodes(str(modelnet_h5_root), 5, None, 3, leaf=leaf)
+    train_node, val_node = json.loads(train.split("=", 1)[1]), json.loads(val.split("=", 1)[1])
+    assert val_node["dataset"]["split"] == "train" and val_node["skip"] == 5 and val_node["per_class"] == 3
+    assert "transforms" not in val_node["dataset"]  # evaluation reads clouds plainly
+    tr, va = build_dataset(train_node), build_dataset(val_node)
+    assert len(tr) == 40 * 5 and len(va) == 40 * 3
+    assert not set(tr.indices.tolist()) & set(va.indices.tolist())  # same base split, disjoint rows
+    assert tr.base.split == va.base.split == "train"
+    # the recipe's own training node (its transforms, resampling) is kept, only root and subset change
+    recipe_train = sweep.load_config(leaf)["data"]["train"]
+    assert {k: v for k, v in train_node["dataset"].items() if k != "root"} == \
+        {k: v for k, v in recipe_train.items() if k != "root"}
+
+
+def test_validation_split_needs_a_training_subset(sweep):
+    with pytest.raises(SystemExit, match="needs a training subset"):
+        sweep.data_nodes("root", None, None, 3)
+
+
+def _search_ledger(root: Path, scores: dict[str, dict[str, float]]) -> None:
+    for value, by_method in scores.items():
+        for method, acc in by_method.items():
+            d = root / "search" / f"optimizer.lr={value}" / method / "seed0"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps(_results(acc, method=method)))
+
+
+def test_search_winners_per_family_from_the_ledger(sweep, tmp_path):
+    budget = {"search": {"key": "optimizer.lr", "values": ["1e-3", "2e-3"],
+                         "methods": ["linear", "adapterx", "lora"], "val_per_class": 10}}
+    _search_ledger(tmp_path, {"1e-3": {"linear": 50.0, "adapterx": 70.0, "lora": 60.0},
+                              "2e-3": {"linear": 55.0, "adapterx": 66.0}})
+    assert sweep.search_winners(tmp_path, budget) == {"linear": "2e-3"}  # the PEFT family is unfinished at 2e-3
+    _search_ledger(tmp_path, {"2e-3": {"lora": 68.0}})
+    # PEFT: mean over adapterx and lora of the last-epoch validation accuracy: 65 at 1e-3, 67 at 2e-3
+    assert sweep.search_winners(tmp_path, budget) == {"linear": "2e-3", "peft": "2e-3"}
+    lines = "\n".join(sweep._search_section(tmp_path, budget))
+    assert "| 1e-3 | 50.00 | 70.00 | 60.00 |" in lines and "peft → `optimizer.lr=2e-3`" in lines
+
+
+def test_use_search_gives_each_family_its_winner_and_refuses_without_one(sweep, tmp_path):
+    budget = {"search": {"key": "optimizer.lr", "values": ["1e-3", "2e-3"], "methods": ["linear", "adapterx"],
+                         "val_per_class": 10}}
+    _search_ledger(tmp_path, {"1e-3": {"linear": 50.0, "adapterx": 70.0}, "2e-3": {"linear": 55.0, "adapterx": 60.0}})
+    args = sweep.argparse.Namespace(search=None, use_search=True, variant=None, efficiency=None,
+                                    methods=["linear", "dapt", "full"], seeds=[0], more_seeds=[], seeds_for=[],
+                                    per_class=5, test_per_class=0, val_per_class=10, backbone="point_mae_small",
+                                    epochs=2, warmup_epochs=1, data_root="root", set=[])
+    with pytest.raises(SystemExit, match="full family"):
+        sweep.plan_runs(args, budget, tmp_path, "ckpt.pth")
+    runs = sweep.plan_runs(args, budget, tmp_path, "ckpt.pth", planning=True)
+    lr = {p.method: [a for a in p.argv if a.startswith("optimizer.lr=")] for p in runs}
+    assert lr == {"linear": ["optimizer.lr=2e-3"], "dapt": ["optimizer.lr=1e-3"],
+                  "full": ["optimizer.lr=<search pending>"]}
+    assert all(p.rel.parts[0] == "finetune" for p in runs)
+
+
+def test_table_reports_last_epoch_first_with_best_beside_and_the_commit(sweep, tmp_path):
+    for seed, acc in ((0, 60.0), (1, 64.0)):
+        d = tmp_path / "finetune" / "adapterx" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(_results(acc)))
+    out = tmp_path / "results.md"
+    sweep.write_table(tmp_path, out, {"methods": ["adapterx"], "epochs": 3, "per_class": 5, "test_per_class": 0})
+    text = out.read_text()
+    assert "**last-epoch acc (%)** | best-epoch acc (%)" in text
+    assert "| adapterx | 10 | 10.00 | 62.00 ± 2.83 | 63.00 ± 2.83 | 61.00 ± 2.83 | 2 | 0123456 | 60 |" in text
+    assert "the whole ModelNet40 test split" in text
+
+
+def test_plan_lists_finished_and_remaining_runs_with_an_estimate(sweep, tmp_path, capsys):
+    ledger = tmp_path / "ledger"
+    _run_dir(ledger / "finetune" / "linear" / "seed0", acc_last=40.0, method="linear", time_s=120.0)
+    rc = sweep.main(["--ledger", str(ledger), "--root", str(tmp_path / "runs"), "--plan", "--methods", "linear",
+                     "full", "--seeds-for", "--epochs", "10", "--data-root", "root"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "finished     finetune/linear/seed0" in out
+    assert "to run       finetune/full/seed0" in out and "~30 min" in out  # 10 epochs x the 3 min default
+    assert "1 of 2 runs left" in out
