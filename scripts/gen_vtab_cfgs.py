@@ -47,7 +47,7 @@ VIT_B_WEIGHTS = "pretrained/ViT-B_16.npz"
 
 def vtab_base() -> tuple[str, dict[str, Any]]:
     comment = (
-        "# VTAB-1k recipe of NOAH / Bi-adapter (DESIGN.md): ViT-B/16 ImageNet-21k, AdamW lr 1e-3, wd 1e-4, batch 64,\n"
+        "# VTAB-1k recipe of NOAH / Bi-adapter (their VTAB configs): ViT-B/16 ImageNet-21k, AdamW lr 1e-3, wd 1e-4, batch 64,\n"
         "# 100 epochs, cosine with 10 warm-up epochs, drop-path 0.1; images resized directly to 224x224 (bicubic),\n"
         "# ImageNet normalisation, no augmentation (NOAH's --no_aug --direct_resize, no mixup/cutmix/smoothing).\n"
         "# Train on train800val200 (1,000 images), evaluate on the test split every epoch, as NOAH does.\n"

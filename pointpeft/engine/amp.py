@@ -1,8 +1,8 @@
 """Mixed precision chosen per machine: bf16 only where the hardware runs it natively.
 
 On CPUs with AMX-BF16/AVX512-BF16 autocast bf16 is a 2-3x win; on AVX2-only CPUs bf16 is emulated and a training
-step gets ~10x slower (DESIGN.md, speed facts), so ``auto`` never assumes: it reads the CPU flags and, when they are
-silent, times a short matmul probe.
+step gets ~13x slower (docs/design-notes.md, "bf16 only where it is native"), so ``auto`` never assumes: it reads
+the CPU flags and, when they are silent, times a short matmul probe.
 """
 
 from __future__ import annotations

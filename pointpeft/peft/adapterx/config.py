@@ -1,6 +1,6 @@
 """Adapter-X options: the shared Sparse Mixture of Adapters (SMoA), the per-block Prompt Generator and block norm.
 
-No official code exists, so every open design choice is a key here (DESIGN.md, "Adapter-X (seed 000)").
+No official code exists, so every open design choice is a key here (docs/parity.md, section "Adapter-X").
 The same options drive the "-X" plug-in of other methods (``adapter``/``adaptformer`` with ``x_mode: true``, DAPT-X),
 where they are given as the nested ``x:`` mapping.
 
