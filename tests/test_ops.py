@@ -19,6 +19,16 @@ from pointpeft.ops.fps import kdline_height
 EXACT_CPU = [n for n in available_fps_backends("cpu") if FPS_BACKENDS[n].exact]
 
 
+def test_hard_dependency_backends_are_available() -> None:
+    """fpsample and numba are hard dependencies (pyproject.toml): a broken install fails here instead of silently
+    dropping their tests and falling back to the slow torch loop."""
+    import fpsample  # noqa: F401
+    import numba  # noqa: F401
+
+    assert {"numba", "fpsample", "fpsample_kdline"} <= set(available_fps_backends("cpu"))
+    assert {"numba", "fpsample"} <= set(EXACT_CPU)
+
+
 def naive_fps(pts: np.ndarray, npoint: int) -> tuple[np.ndarray, bool]:
     """Textbook FPS on one float32 cloud from point 0. Returns (indices, whether a tie for the max occurred)."""
     pts = pts.astype(np.float32)
@@ -89,13 +99,9 @@ def test_fps_auto_is_exact_and_never_kdline() -> None:
     xyz = torch.rand(2, 64, 3)
     name = resolve_fps_backend("auto", xyz)
     assert FPS_BACKENDS[name].exact and name != "fpsample_kdline"
-    if "numba" in EXACT_CPU:
-        assert name == "numba"
-    elif "fpsample" in EXACT_CPU:
-        assert name == "fpsample"
+    assert name == "numba"  # a hard dependency: always there
 
 
-@pytest.mark.skipif("fpsample" not in EXACT_CPU, reason="fpsample not installed")
 def test_fps_kdline_is_an_approximate_opt_in() -> None:
     xyz = torch.rand(3, 1024, 3, generator=torch.Generator().manual_seed(0))
     idx = farthest_point_sample(xyz, 64, backend="fpsample_kdline")
@@ -134,8 +140,6 @@ def test_fps_duplicates_do_not_crash_and_are_deterministic(backend: str) -> None
 
 
 def test_fps_multithreaded_batch_equals_serial() -> None:
-    if "numba" not in EXACT_CPU:
-        pytest.skip("numba not installed")
     xyz = torch.rand(9, 300, 3, generator=torch.Generator().manual_seed(5))
     old = torch.get_num_threads()
     try:
