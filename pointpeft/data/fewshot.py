@@ -31,6 +31,7 @@ from pointpeft.data.base import (
     resolve_root,
 )
 from pointpeft.data.modelnet40 import MODELNET40_CLASSES
+from pointpeft.data.transforms import TrainResampling
 from pointpeft.errors import ConfigError, DataError
 from pointpeft.registry import DATASETS
 from pointpeft.utils.io import atomic_write_bytes, atomic_write_text
@@ -60,18 +61,21 @@ class FewShot(PointCloudDataset):
         npoints: points per cloud, chosen by ``sampling`` (fps | random | first) from the stored ones.
         use_normals: keep columns 3:6 (when the stored clouds have them).
         normalize: ``true`` (Point-MAE normalises every few-shot cloud), ``auto`` or ``false``.
+        npoints_fps, fps_pool: support set: redraw the cloud at every fetch as Point-MAE's fine-tuning runner does
+            (1200 for 1024 points); see :class:`~pointpeft.data.modelnet40.ModelNet40`.
     """
 
     def __init__(self, root: str | os.PathLike = "datasets/ModelNetFewshot", way: int = 5, shot: int = 10,
                  fold: int = 0, split: str = "train", npoints: int = 1024, sampling: str = "fps",
                  use_normals: bool = False, normalize: bool | str = True, seed: int = 0,
-                 transforms: Any = None) -> None:
+                 npoints_fps: int | None = None, fps_pool: str = "per_item", transforms: Any = None) -> None:
         check_choice("split", split, ("train", "test"))
         check_choice("sampling", sampling, SAMPLINGS)
         self.way, self.shot, self.fold = (check_positive_int("way", way), check_positive_int("shot", shot),
                                           int(fold))
         self.split, self.sampling, self.seed = split, sampling, int(seed)
         self.npoints = check_positive_int("npoints", npoints)
+        self.resampling = TrainResampling(self.npoints, npoints_fps, fps_pool)
         self.normalize = check_normalize(normalize)
         self.channels = 6 if use_normals else 3
         root_path = resolve_root(root)
@@ -83,18 +87,24 @@ class FewShot(PointCloudDataset):
         items = obj[split]
         if not isinstance(items, (list, tuple)) or not items:
             raise DataError(f"{path}: field {split!r} must be a non-empty list of (points, label, original label)")
-        points = np.empty((len(items), self.npoints, self.channels), dtype=np.float32)
+        points: np.ndarray | None = None
         labels = np.empty(len(items), dtype=np.int64)
         originals = np.empty(len(items), dtype=np.int64)
         for i, item in enumerate(items):
             pts, lab, orig = self._check_item(item, path, split, i)
             check_finite(pts, f"{path} [{split}]", offset=i)
             pts = normalize_clouds(pts, self.normalize)
-            points[i] = resample_cloud(pts, self.npoints, sampling, self.seed, i, f"{path} [{split}]")
+            keep = self.resampling.keep(len(pts))
+            if points is None:
+                points = np.empty((len(items), keep, self.channels), dtype=np.float32)
+            elif keep != points.shape[1]:
+                raise DataError(f"{path}: {split}[{i}] has {len(pts)} points, {split}[0] another count; "
+                                "npoints_fps with fps_pool=per_item needs clouds of one size (use fps_pool: cached)")
+            points[i] = resample_cloud(pts, keep, sampling, self.seed, i, f"{path} [{split}]")
             labels[i], originals[i] = lab, orig
         self.original_labels = originals
         classes = self._class_names(root_path, labels, originals, path)
-        super().__init__(classes, labels, transforms, points, source=str(path))
+        super().__init__(classes, labels, self.resampling.transforms(transforms), points, source=str(path))
         logger.info("few-shot %dway%dshot fold %d %s: %d clouds (%s)", self.way, self.shot, self.fold, split,
                     len(self), path)
 

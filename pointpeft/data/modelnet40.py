@@ -45,6 +45,7 @@ from pointpeft.data.base import (
     resample_clouds,
     resolve_root,
 )
+from pointpeft.data.transforms import TrainResampling
 from pointpeft.errors import ConfigError, DataError
 from pointpeft.registry import DATASETS
 from pointpeft.utils.io import atomic_write
@@ -116,18 +117,25 @@ class ModelNet40(PointCloudDataset):
             ``cache_dir`` (default: beside the data; falls back to memory when the folder is read-only).
         num_category: 40, or 10 for ModelNet10 (txt and .dat layouts).
         normalize: ``auto`` (shapes not already unit-sphere normalised), ``true`` or ``false``.
-        transforms: augmentation config nodes (see :mod:`pointpeft.data.transforms`).
+        npoints_fps: training: redraw the cloud at every fetch as Point-MAE's fine-tuning runner does (FPS
+            ``min(npoints_fps, stored)`` points from a random start, then a random ``npoints`` of them; 1200 for
+            1024 points); None = the same ``npoints`` every epoch. See :class:`~pointpeft.data.transforms.FpsResample`.
+        fps_pool: ``per_item`` (FPS at every fetch from every stored point, the original) or ``cached`` (FPS once
+            at load from point 0, the ``npoints_fps`` kept per cloud; cheaper, the larger set no longer moves).
+        transforms: augmentation config nodes (see :mod:`pointpeft.data.transforms`), applied after the redraw.
     """
 
     def __init__(self, root: str | os.PathLike = "datasets/ModelNet40", split: str = "train", npoints: int = 1024,
                  sampling: str = "fps", use_normals: bool = False, layout: str = "auto", cache: bool = False,
                  cache_dir: str | os.PathLike | None = None, num_category: int = 40, normalize: bool | str = "auto",
-                 seed: int = 0, transforms: Any = None) -> None:
+                 seed: int = 0, npoints_fps: int | None = None, fps_pool: str = "per_item",
+                 transforms: Any = None) -> None:
         check_choice("split", split, ("train", "test"))
         check_choice("sampling", sampling, SAMPLINGS)
         check_choice("layout", layout, LAYOUTS)
         check_choice("num_category", num_category, (40, 10))
         self.npoints = check_positive_int("npoints", npoints)
+        self.resampling = TrainResampling(self.npoints, npoints_fps, fps_pool)
         self.normalize = check_normalize(normalize)
         self.split, self.sampling, self.use_normals, self.seed = split, sampling, bool(use_normals), int(seed)
         self.num_category = num_category
@@ -137,7 +145,7 @@ class ModelNet40(PointCloudDataset):
         reader = {"hdf5": self._load_hdf5, "fps_dat": self._load_dat, "normal_resampled": self._load_txt}[self.layout]
         self._txt_paths: list[Path] | None = None
         classes, labels, points, source = reader(cache, cache_dir)
-        super().__init__(classes, labels, transforms, points, source=source)
+        super().__init__(classes, labels, self.resampling.transforms(transforms), points, source=source)
         logger.info("ModelNet%d %s: %d shapes, %d classes, %d points (%s layout, %s)", num_category, split,
                     len(self), self.num_classes, self.npoints, self.layout, self.folder)
 
@@ -188,7 +196,7 @@ class ModelNet40(PointCloudDataset):
                 data = data[..., :3]
             check_finite(data, str(path))
             data = normalize_clouds(data, self.normalize)
-            all_pts.append(resample_clouds(data, self.npoints, self.sampling, self.seed, str(path), offset,
+            all_pts.append(resample_clouds(data, self.resampling.keep(data.shape[1]), self.sampling, self.seed, str(path), offset,
                                            progress=True))
             all_labels.append(labels)
             offset += len(data)
@@ -217,7 +225,9 @@ class ModelNet40(PointCloudDataset):
             if arr.size != 1:
                 raise DataError(f"{path}: label at index {i} has {arr.size} values, expected 1")
             labels[i] = check_labels(arr, len(classes), str(path), offset=i)[0]
-        out = np.empty((len(raw_points), self.npoints, self.channels), dtype=np.float32)
+        if not raw_points:
+            raise DataError(f"{path}: holds no clouds")
+        out: np.ndarray | None = None
         # FPS from point 0 on a cloud stored in FPS order returns its first points; "first" is then exact FPS.
         sampling = "first" if self.sampling == "fps" else self.sampling
         for i, pts in enumerate(raw_points):
@@ -227,8 +237,15 @@ class ModelNet40(PointCloudDataset):
             pts = pts[:, : self.channels].astype(np.float32)
             check_finite(pts, str(path), offset=i)
             pts = normalize_clouds(pts, self.normalize)
-            out[i] = resample_cloud(pts, self.npoints, sampling, self.seed, i, str(path))
+            keep = self.resampling.keep(len(pts))
+            if out is None:
+                out = np.empty((len(raw_points), keep, self.channels), dtype=np.float32)
+            elif keep != out.shape[1]:
+                raise DataError(f"{path}: points at index {i} have {len(pts)} points, index 0 has another count; "
+                                f"npoints_fps with fps_pool=per_item needs clouds of one size")
+            out[i] = resample_cloud(pts, keep, sampling, self.seed, i, str(path))
             raw_points[i] = None  # free the 8192-point copy as we go
+        assert out is not None
         return classes, labels, out, str(path)
 
     # -- normal_resampled txt ----------------------------------------------------------------------------------
@@ -264,6 +281,8 @@ class ModelNet40(PointCloudDataset):
             return classes, labels_arr, None, str(list_file)
         cache_path = Path(cache_dir).expanduser().resolve() if cache_dir else self.folder
         tag = f"{self.sampling}" + (f"{self.seed}" if self.sampling == "random" else "")
+        if self.resampling.npoints_fps is not None:
+            tag += f"_pool{self.resampling.npoints_fps}{self.resampling.fps_pool}"
         norm = {True: "", "auto": "", False: "_raw"}[self.normalize]
         cache_file = cache_path / f"modelnet{self.num_category}_{self.split}_{self.npoints}pts_{tag}{norm}.npy"
         points = self._read_cache(cache_file, len(paths))
@@ -284,25 +303,28 @@ class ModelNet40(PointCloudDataset):
         except (OSError, ValueError) as e:
             logger.warning("ignoring unreadable cache %s (%s); rebuilding", cache_file, e)
             return None
-        if arr.shape != (n, self.npoints, 6) or not np.isfinite(arr).all():
-            logger.warning("ignoring cache %s with shape %s (expected %s); rebuilding", cache_file, arr.shape,
-                           (n, self.npoints, 6))
+        if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != 6 or arr.shape[1] < self.npoints \
+                or not np.isfinite(arr).all():
+            logger.warning("ignoring cache %s with shape %s (expected (%d, >=%d, 6)); rebuilding", cache_file,
+                           arr.shape, n, self.npoints)
             return None
         return arr
 
     def _build_cache(self, paths: list[Path]) -> np.ndarray:
         from tqdm import tqdm
 
-        out = np.empty((len(paths), self.npoints, 6), dtype=np.float32)
-        for i, path in enumerate(tqdm(paths, desc=f"ModelNet txt -> {self.npoints}pts cache", unit="shape")):
-            out[i] = self._txt_cloud(path, i, channels=6)
-        return out
+        clouds = [self._txt_cloud(path, i, channels=6)
+                  for i, path in enumerate(tqdm(paths, desc="ModelNet txt -> cache", unit="shape"))]
+        if len({len(c) for c in clouds}) > 1:
+            raise DataError(f"{paths[0].parent.parent}: clouds of several sizes; npoints_fps with "
+                            "fps_pool=per_item needs clouds of one size (use fps_pool: cached)")
+        return np.stack(clouds)
 
     def _txt_cloud(self, path: Path, index: int, channels: int) -> np.ndarray:
         pts = read_txt_cloud(path, min_channels=channels)[:, :channels]
         check_finite(pts, str(path), offset=index)
         pts = normalize_clouds(pts, self.normalize)
-        return resample_cloud(pts, self.npoints, self.sampling, self.seed, index, str(path))
+        return resample_cloud(pts, self.resampling.keep(len(pts)), self.sampling, self.seed, index, str(path))
 
     def get_points(self, index: int) -> np.ndarray:
         if self.points is not None:

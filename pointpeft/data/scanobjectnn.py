@@ -30,6 +30,7 @@ from pointpeft.data.base import (
     resample_clouds,
     resolve_root,
 )
+from pointpeft.data.transforms import TrainResampling
 from pointpeft.errors import DataError
 from pointpeft.registry import DATASETS
 
@@ -72,18 +73,23 @@ class ScanObjectNN(PointCloudDataset):
         split: ``train`` or ``test``.
         npoints: 2048 uses every stored point; fewer are chosen by ``sampling`` (fps | random | first).
         normalize: ``false`` (Point-MAE's choice), ``auto`` or ``true``.
+        npoints_fps, fps_pool: training: redraw the cloud at every fetch as Point-MAE's fine-tuning runner does
+            (2400 for 2048 points: every stored point is kept, so each fetch is a random order); see
+            :class:`~pointpeft.data.modelnet40.ModelNet40`.
         transforms: augmentation nodes, e.g. ``[{type: scale_translate}]`` or ``[{type: rotate_up, axis: y}]``.
     """
 
     def __init__(self, root: str | os.PathLike = "datasets/ScanObjectNN", variant: str = "obj_bg",
                  split: str = "train", npoints: int = 2048, sampling: str = "fps", normalize: bool | str = False,
-                 seed: int = 0, transforms: Any = None) -> None:
+                 seed: int = 0, npoints_fps: int | None = None, fps_pool: str = "per_item",
+                 transforms: Any = None) -> None:
         variant = _ALIASES.get(str(variant).lower(), str(variant).lower())
         check_choice("variant", variant, tuple(VARIANTS))
         check_choice("split", split, ("train", "test"))
         check_choice("sampling", sampling, SAMPLINGS)
         self.variant, self.split, self.sampling, self.seed = variant, split, sampling, int(seed)
         self.npoints = check_positive_int("npoints", npoints)
+        self.resampling = TrainResampling(self.npoints, npoints_fps, fps_pool)
         self.normalize = check_normalize(normalize)
         path = scanobjectnn_file(resolve_root(root), variant, split)
         arrays = read_h5(path, ("data", "label"))
@@ -92,6 +98,6 @@ class ScanObjectNN(PointCloudDataset):
                               str(path))
         check_finite(data, str(path))
         data = normalize_clouds(data, self.normalize)
-        data = resample_clouds(data, self.npoints, sampling, self.seed, str(path), progress=True)
-        super().__init__(SCANOBJECTNN_CLASSES, labels, transforms, data, source=str(path))
+        data = resample_clouds(data, self.resampling.keep(data.shape[1]), sampling, self.seed, str(path), progress=True)
+        super().__init__(SCANOBJECTNN_CLASSES, labels, self.resampling.transforms(transforms), data, source=str(path))
         logger.info("ScanObjectNN %s %s: %d shapes, %d points (%s)", variant, split, len(self), self.npoints, path)

@@ -184,6 +184,87 @@ class ShufflePoints(PointTransform):
         return torch.gather(points, -2, perm.unsqueeze(-1).expand_as(points))
 
 
+def _gather(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.gather(points, -2, idx.to(points.device).unsqueeze(-1).expand(*idx.shape, points.shape[-1]))
+
+
+@TRANSFORMS.register("fps_resample")
+class FpsResample(PointTransform):
+    """The per-batch resampling of Point-MAE's fine-tuning runner (``tools/runner_finetune.py``): FPS
+    ``min(npoints_fps, N)`` points from a random start (the data set shuffled the cloud), then a random ``npoints``
+    of them in random order, so the model's own FPS (from point 0) picks new patch centres at every fetch.
+    ``npoints`` None keeps the cloud's size (a data set that already stores ``npoints`` points).
+
+    With ``npoints_fps`` None or >= N, FPS would keep every point (only reordering them), so it is skipped: the
+    draw alone has the same distribution. In a batch every cloud draws its own subset (the original draws one
+    index subset for the whole batch; each cloud's points have the same distribution either way).
+    """
+
+    def __init__(self, npoints: int | None = None, npoints_fps: int | None = None):
+        if npoints is not None and (isinstance(npoints, bool) or not isinstance(npoints, int) or npoints < 1):
+            raise ConfigError(f"fps_resample: npoints must be a positive integer or null, got {npoints!r}")
+        if npoints_fps is not None and (isinstance(npoints_fps, bool) or not isinstance(npoints_fps, int)
+                                        or npoints_fps < (npoints or 1)):
+            raise ConfigError(f"fps_resample: npoints_fps must be an integer >= npoints={npoints}, got "
+                              f"{npoints_fps!r}")
+        self.npoints, self.npoints_fps = npoints, npoints_fps
+
+    def apply(self, points: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        n = points.shape[-2]
+        npoints = n if self.npoints is None else self.npoints
+        if n < npoints:
+            raise ConfigError(f"fps_resample: the cloud has {n} points, fewer than npoints={npoints}")
+        if self.npoints_fps is not None and n > self.npoints_fps:
+            from pointpeft.ops import farthest_point_sample
+
+            shuffled = _gather(points, torch.rand(points.shape[:-1], generator=generator).argsort(dim=-1))
+            flat = shuffled.reshape(-1, n, shuffled.shape[-1])
+            idx = farthest_point_sample(flat[..., :3].contiguous().float(), self.npoints_fps)
+            points = _gather(flat, idx).reshape(*points.shape[:-2], self.npoints_fps, points.shape[-1])
+        keys = torch.rand(points.shape[:-1], generator=generator)
+        return _gather(points, keys.argsort(dim=-1)[..., :npoints])
+
+
+#: where the FPS of the per-item resampling happens: on every fetch from every stored point (the original), or
+#: once at load from point 0 (the larger set is then fixed per cloud; cheaper on CPU)
+FPS_POOLS = ("per_item", "cached")
+
+
+class TrainResampling:
+    """A data set's ``npoints_fps`` / ``fps_pool`` options: how many points it keeps per cloud and the
+    :class:`FpsResample` that draws ``npoints`` of them at every fetch. ``npoints_fps`` None = off (the stored
+    cloud is resampled once to ``npoints``, FPS from point 0: the same points every epoch)."""
+
+    def __init__(self, npoints: int, npoints_fps: int | None, fps_pool: str = "per_item") -> None:
+        if fps_pool not in FPS_POOLS:
+            raise ConfigError(f"fps_pool must be one of {list(FPS_POOLS)}, got {fps_pool!r}")
+        if npoints_fps is not None and (isinstance(npoints_fps, bool) or not isinstance(npoints_fps, int)
+                                        or npoints_fps < npoints):
+            raise ConfigError(f"npoints_fps must be null or an integer >= npoints={npoints}, got {npoints_fps!r}")
+        self.npoints, self.npoints_fps, self.fps_pool = npoints, npoints_fps, fps_pool
+        self.transform = None
+        if npoints_fps is not None:
+            self.transform = FpsResample(npoints, npoints_fps if fps_pool == "per_item" else None)
+
+    def keep(self, stored: int) -> int:
+        """Points kept per cloud of ``stored`` points (never fewer than npoints: too few is the reader's error)."""
+        if self.npoints_fps is None:
+            return self.npoints
+        if self.fps_pool == "per_item":
+            return max(stored, self.npoints)
+        return max(self.npoints, min(self.npoints_fps, stored))
+
+    def transforms(self, nodes: Any) -> Any:
+        """The data set's transforms with the resampling first (``nodes`` unchanged when off)."""
+        if self.transform is None:
+            return nodes
+        if nodes is None:
+            return [self.transform]
+        if isinstance(nodes, (Mapping, str)) or callable(nodes):
+            nodes = [nodes]
+        return [self.transform, *nodes]
+
+
 @TRANSFORMS.register("compose")
 class Compose(PointTransform):
     """Apply transforms in order; ``transforms`` are config nodes or built transforms."""
