@@ -7,6 +7,7 @@ looks like, not what a trained router learns).
 
     python scripts/make_docs_images.py                       # writes docs/images/{clouds,groups,routing}.png
     python scripts/make_docs_images.py --ckpt pretrain.pth --adapter runs/x/adapter --out docs/images
+    python scripts/make_docs_images.py --run experiments/mn40-small/finetune/adapterx/seed0   # a trained run
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     ap.add_argument("--ckpt", help="Point-MAE pretrain/fine-tune checkpoint for the routing figure")
     ap.add_argument("--adapter", help="trained Adapter-X adapter folder for the routing figure")
+    ap.add_argument("--run", help="an Adapter-X run folder (tools/train.py): its last-epoch model draws the routing "
+                    "(any backbone size; its config and pretrained file are the run's own)")
     ap.add_argument("--backend", default="auto", choices=("auto", "open3d", "matplotlib"))
     ap.add_argument("--size", type=int, default=240, help="panel size in pixels")
     args = ap.parse_args(argv)
@@ -94,13 +97,21 @@ def main(argv: list[str] | None = None) -> int:
                       backend=args.backend, suptitle="Point-MAE tokenizer: FPS centres and kNN patches")
         written.append(args.out / "groups.png")
 
-        model, trained = routing_model(args.ckpt, args.adapter)
+        if args.run:
+            from pointpeft.engine.evaluate import load_run_model
+
+            model, cfg = load_run_model(args.run, "last")
+            model, trained = model.eval(), True
+            arch = str((cfg.get("model") or {}).get("type", "point_mae"))
+        else:
+            model, trained = routing_model(args.ckpt, args.adapter)
+            arch = "point_mae"
         routing = views.capture_routing(model, clouds[name])
         depth = len(routing.choices)
         rpanels, legend = views.routing_panels(routing, blocks=[0, depth // 2, depth - 1])
         state = "trained" if trained else "random weights: a layout demo, not a learned routing"
         render_panels(rpanels, args.out / "routing.png", panel_size=size, view=view, legend=legend,
-                      backend=args.backend, suptitle=f"Adapter-X: expert chosen per patch (Point-MAE, {state})")
+                      backend=args.backend, suptitle=f"Adapter-X: expert chosen per patch ({arch}, {state})")
         written.append(args.out / "routing.png")
     except PointPeftError as e:
         print(f"error: {e}", file=sys.stderr)

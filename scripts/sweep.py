@@ -12,6 +12,8 @@ from the ledger alone — so a fresh clone resumes where the last sitting stoppe
     python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search                 # 2. main table
     python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search \\
         --efficiency 10 100 --methods linear full adapterx dapt_x                                # 3. data efficiency
+    python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search \
+        --fewshot linear full adapterx dapt_x --fewshot-epochs 30                                # 4. few-shot + MHR
     python scripts/sweep.py --ledger results/mn40-small --plan                                  # what is left
     python scripts/sweep.py --ledger results/mn40-small --table-only                            # rebuild the tables
 
@@ -41,7 +43,7 @@ from typing import NamedTuple
 
 from pointpeft.config import load_config
 from pointpeft.engine.launch import run as train_run
-from pointpeft.engine.ledger import entry_status, is_finished, record_run
+from pointpeft.engine.ledger import entry_status, finished_entries, is_finished, record_run, record_tree
 from pointpeft.engine.summary import Row, collect, last_best_table, mean_std
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
 from pointpeft.utils.misc import get_logger, setup_logging
@@ -268,6 +270,77 @@ def print_plan(runs: list[Planned], run_root: Path, table_root: Path, epochs: in
           "of this machine (estimate from the ledger's s/epoch, or defaults before any run finished)")
 
 
+#: the MHR cross-task protocol's row (Poly, MHR, MHR-z, MHR-mu) runs with this config as one few-shot "method"
+MHR_PROTOCOL = "mhr"
+
+
+def _seed_from_ledger(entry_root: Path, run_root: Path) -> None:
+    """Copy the ledger's finished fold summaries into the run root, so the few-shot sweep skips those folds."""
+    for entry in finished_entries(entry_root):
+        dst = run_root / entry.relative_to(entry_root)
+        if not (dst / "results.json").is_file():
+            record_run(entry, dst)  # the same summary copy, in the other direction
+
+
+def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt: str,
+                budget: dict) -> None:
+    """Every --fewshot method's folds (5-way 10-shot and 10-way 20-shot by default, 10 folds), then the MHR
+    protocol rows; each finished fold enters the ledger."""
+    from pointpeft.fewshot.cli import main as fewshot_main
+
+    winners = search_winners(ledger or root, budget) if args.use_search else {}
+    key = (budget.get("search") or {}).get("key")
+    for method in [*args.fewshot, MHR_PROTOCOL]:
+        name = "mhr_protocol" if method == MHR_PROTOCOL else method
+        run_dir, entry = root / "fewshot" / name, (ledger / "fewshot" / name if ledger else None)
+        if entry is not None:
+            _seed_from_ledger(entry, run_dir)
+        argv = ["--config", str(REPO / "cfgs" / "fewshot" / f"{method}.yaml"), "--ckpt", ckpt, "--root", str(root),
+                "--name", name, "--generate-from", "modelnet40", "--source-root", args.data_root,
+                "--folds-root", str(root / "fewshot_episodes"), "--epochs", str(args.fewshot_epochs), "--quiet",
+                f"model.type={args.backbone}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off"]
+        if method == MHR_PROTOCOL:
+            argv += ["--protocol", "mhr"]
+        elif family(method) in winners:
+            argv.append(f"{key}={winners[family(method)]}")
+        rc = fewshot_main(argv)
+        if rc != 0:
+            raise SystemExit(f"sweep: few-shot {name} failed with exit code {rc}")
+        if entry is not None:
+            n = len(record_tree(run_dir, entry))
+            log.info("recorded %d few-shot folds of %s in the ledger (commit them)", n, name)
+
+
+def fewshot_rows(table_root: Path) -> list[dict]:
+    """Few-shot rows rebuilt from the ledger's fold folders (mean ± std over folds, last epoch)."""
+    from pointpeft.fewshot.mhr_protocol import ROW_NAMES
+    from pointpeft.fewshot.table import summarize_method
+
+    base = table_root / "fewshot"
+    rows = []
+    for d in sorted(base.iterdir()) if base.is_dir() else ():
+        if d.name == "mhr_protocol":
+            rows += [summarize_method(d / mode, label) for mode, label in ROW_NAMES.items() if (d / mode).is_dir()]
+        elif d.is_dir():
+            rows.append(summarize_method(d, d.name))
+    return [r for r in rows if r["fewshot"]]
+
+
+def _fewshot_section(table_root: Path, budget: dict) -> list[str]:
+    from pointpeft.fewshot.table import format_table
+
+    rows = fewshot_rows(table_root)
+    if not rows:
+        return []
+    fs = budget.get("fewshot") or {}
+    return ["## Few-shot ModelNet40 (from the same backbone)", "",
+            f"N-way K-shot episodes generated from the ModelNet40 training split (20 queries per class from the test "
+            f"split), {fs.get('epochs', '?')} epochs per fold (CPU-sized; the originals train 150), last-epoch query "
+            "accuracy, mean ± std over the finished folds (the cell says how many). The MHR rows follow MHR's "
+            "cross-task protocol (inventory trained on disjoint class subsets, adapted on unseen classes).", "",
+            format_table(rows), ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "modelnet40_ply_hdf5_1024"))
@@ -297,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="give each method its family's winner of the recorded search")
     ap.add_argument("--efficiency", type=int, nargs="+", default=None, metavar="N",
                     help="data-efficiency runs: --methods at N training clouds per class (seed 0)")
+    ap.add_argument("--fewshot", nargs="+", default=None, metavar="METHOD",
+                    help="few-shot step: these methods' folds, then the MHR protocol rows")
+    ap.add_argument("--fewshot-epochs", type=int, default=30, help="epochs per few-shot fold (CPU-sized recipe)")
     ap.add_argument("--variant", help="name of an investigation: fine-tune --methods x --seeds with the --set "
                     "overrides from this root's pretrained backbone (runs go to ROOT/variants/NAME)")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="the variant's fine-tuning overrides")
@@ -311,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
         ap.error(f"--set takes KEY=VALUE, got {bad}")
-    if sum(map(bool, (args.search, args.variant, args.efficiency))) > 1:
-        ap.error("--search, --variant and --efficiency are separate steps: give one at a time")
+    if sum(map(bool, (args.search, args.variant, args.efficiency, args.fewshot))) > 1:
+        ap.error("--search, --variant, --efficiency and --fewshot are separate steps: give one at a time")
     setup_logging()
     ledger = Path(args.ledger) if args.ledger else None
     root = Path(args.root) if args.root else (Path("experiments") / ledger.name if ledger else Path("experiments/sweep"))
@@ -324,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         budget.update(ckpt=str(args.ckpt), ckpt_sha256=sha256(Path(args.ckpt)), pretrain_epochs=None,
                       pretrain_per_class=None)
     search = parse_search(args.search)
-    if search or args.variant or args.efficiency:  # a step of its own leaves the main table's lists alone
+    if search or args.variant or args.efficiency or args.fewshot:  # a step of its own leaves the main table's lists alone
         budget.update(methods=[], seeds=[], seeds_for=[], more_seeds=[])
     if search:
         budget["search"] = {"key": search[0], "values": search[1], "methods": args.search_methods,
@@ -333,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         budget["variants"] = {args.variant: {"set": args.set, "methods": args.methods, "seeds": args.seeds}}
     if args.efficiency:
         budget["efficiency"] = {"per_class": args.efficiency, "methods": args.methods}
+    if args.fewshot:
+        budget["fewshot"] = {"methods": args.fewshot, "epochs": args.fewshot_epochs}
     if args.table_only:
         remember_also(table_root / "budget.json", args.also)
     elif args.plan:
@@ -353,8 +431,11 @@ def main(argv: list[str] | None = None) -> int:
                    *data_nodes(args.data_root, args.pretrain_per_class or None, 10)]
             _train(pre, pre_dir)
             ckpt = str(pre_dir / "pretrain.pth")
-        for p in plan_runs(args, _read_budget(table_root / "budget.json"), table_root, ckpt):
-            _train(p.argv, root / p.rel, table_root / p.rel if ledger else None)
+        if args.fewshot:
+            run_fewshot(args, root, ledger, ckpt, _read_budget(table_root / "budget.json"))
+        else:
+            for p in plan_runs(args, _read_budget(table_root / "budget.json"), table_root, ckpt):
+                _train(p.argv, root / p.rel, table_root / p.rel if ledger else None)
     write_table(table_root, Path(args.out), budget)
     return 0
 
@@ -388,6 +469,13 @@ def record_budget(path: Path, budget: dict) -> None:
             variants[name] = {"set": rec["set"], **{k: list(dict.fromkeys([*old_rec[k], *rec[k]]))
                                                     for k in ("methods", "seeds")}}
         budget["variants"] = variants
+        if old.get("fewshot") and budget.get("fewshot"):
+            if old["fewshot"]["epochs"] != budget["fewshot"]["epochs"]:
+                raise SystemExit(f"sweep: {path} records few-shot runs of {old['fewshot']['epochs']} epochs, not "
+                                 f"{budget['fewshot']['epochs']}; use another --ledger")
+            budget["fewshot"]["methods"] = list(dict.fromkeys([*old["fewshot"]["methods"],
+                                                               *budget["fewshot"]["methods"]]))
+        budget["fewshot"] = budget.get("fewshot") or old.get("fewshot")
         for step in ("search", "efficiency"):
             budget[step] = _merge_step(path, step, old.get(step), budget.get(step))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -573,11 +661,32 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
         png = out.with_name("results_params.png")
         plot_accuracy_vs_params(pts, png, title="ModelNet40 (CPU budget): last-epoch accuracy vs trainable parameters")
         tail += ["", f"![accuracy vs trainable parameters]({png.name})", ""]
+        tail += _usage_section(rows, out)
     tail += _search_section(root, budget)
     tail += _efficiency_section(root, budget, out, rows)
+    tail += _fewshot_section(root, budget)
     tail += _investigations(root, budget)
     atomic_write_text(out, "\n".join(head) + _rows_block(rows) + "\n".join(tail))
     log.info("wrote %s (%d methods)", out, len(rows))
+
+
+def _usage_section(rows: list, out: Path) -> list[str]:
+    """Adapter-X's learned expert usage per block (its seed-0 run's last evaluation), as a plot."""
+    runs = [r for row in rows if row.label == "adapterx" for r in row.runs if r.get("expert_usage")]
+    if not runs:
+        return []
+    import numpy as np
+
+    from pointpeft.viz.plots import plot_expert_usage
+
+    run = min(runs, key=lambda r: r.get("seed", 0))
+    usage = np.asarray(run["expert_usage"], dtype=float)
+    png = out.with_name("results_expert_usage.png")
+    plot_expert_usage(usage, png, title=f"Adapter-X expert usage per block (trained, seed {run.get('seed', 0)})")
+    used = (usage > 0.5 / usage.shape[1]).sum(axis=1)
+    return [f"Adapter-X's routing after training (seed {run.get('seed', 0)}, share of sub-tokens per expert and "
+            f"block on the test clouds): {int(used.min())}–{int(used.max())} of {usage.shape[1]} experts take at "
+            "least half the balanced share in each block.", "", f"![expert usage]({png.name})", ""]
 
 
 def _recipe_line(root: Path, budget: dict) -> str:

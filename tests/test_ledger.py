@@ -166,3 +166,40 @@ def test_plan_lists_finished_and_remaining_runs_with_an_estimate(sweep, tmp_path
     assert "finished     finetune/linear/seed0" in out
     assert "to run       finetune/full/seed0" in out and "~30 min" in out  # 10 epochs x the 3 min default
     assert "1 of 2 runs left" in out
+
+
+def _fold(root: Path, name: str, setting: str, fold: int, acc: float) -> None:
+    d = root / "fewshot" / name / setting / f"fold{fold}"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"status": "finished", "params": {"trainable": 5},
+                                                "last": {"val_acc": acc}, "best": {"acc": acc + 5}}))
+
+
+def test_fewshot_and_mhr_rows_are_rebuilt_from_the_ledger(sweep, tmp_path):
+    for fold, acc in enumerate((80.0, 90.0)):
+        _fold(tmp_path, "adapterx", "5w10s", fold, acc)
+        _fold(tmp_path, "mhr_protocol/mhr_z", "5w10s", fold, acc - 10)
+    rows = {r["name"]: r["fewshot"]["5way10shot"] for r in sweep.fewshot_rows(tmp_path)}
+    assert rows["adapterx"]["mean"] == 85.0 and rows["adapterx"]["std"] == 5.0  # last epoch, population std
+    assert rows["MHR-z"]["accs"] == [70.0, 80.0]
+    text = "\n".join(sweep._fewshot_section(tmp_path, {"fewshot": {"epochs": 30}}))
+    assert "| adapterx |" in text and "| MHR-z |" in text and "30 epochs per fold" in text
+
+
+def test_seed_from_ledger_lets_the_fewshot_sweep_skip_recorded_folds(sweep, tmp_path):
+    _fold(tmp_path / "ledger", "full", "5w10s", 3, 75.0)
+    sweep._seed_from_ledger(tmp_path / "ledger" / "fewshot" / "full", tmp_path / "runs" / "fewshot" / "full")
+    copied = tmp_path / "runs" / "fewshot" / "full" / "5w10s" / "fold3" / "results.json"
+    assert json.loads(copied.read_text())["last"]["val_acc"] == 75.0
+
+
+def test_expert_usage_plot_comes_from_the_adapterx_row(sweep, tmp_path):
+    d = tmp_path / "finetune" / "adapterx" / "seed0"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({**_results(60.0), "seed": 0,
+                                                "expert_usage": [[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]]}))
+    out = tmp_path / "results.md"
+    sweep.write_table(tmp_path, out, {"methods": ["adapterx"]})
+    text = out.read_text()
+    assert "2–4 of 4 experts take at least half the balanced share" in text
+    assert (tmp_path / "results_expert_usage.png").stat().st_size > 1000
