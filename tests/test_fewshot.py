@@ -264,3 +264,25 @@ def test_mhr_protocol_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert fewshot_main(argv) == 0
     assert "0 fold(s) trained, 4 finished before, 0 failed" in capsys.readouterr().out
     assert (base / "multitask_mhr/results.json").stat().st_mtime_ns == stamp
+
+
+def test_folds_and_seeds_draw_different_episodes(tmp_path: Path) -> None:
+    """Ten folds that were one episode ten times (or a seed that changed nothing) would average one draw; every
+    (seed, fold) pair here gives its own classes or clouds, and the same pair gives the same episode."""
+    from pointpeft.data import build_dataset, generate_fewshot_folds
+
+    source = build_dataset({"type": "synthetic_shapes", "split": "train", "num_samples": 96, "npoints": 32})
+
+    def episodes(seed: int) -> list[dict[str, Any]]:
+        paths = generate_fewshot_folds(source, way=5, shot=2, folds=3, query_per_class=2, seed=seed,
+                                       out_dir=tmp_path / f"s{seed}")
+        return [safe_load(p) for p in paths]
+
+    def signature(ep: dict[str, Any]) -> tuple:
+        return tuple(sorted((t[2], t[0].tobytes()) for t in ep["train"] + ep["test"]))
+
+    drawn = {(seed, fold): signature(ep) for seed in (0, 1) for fold, ep in enumerate(episodes(seed))}
+    assert len(set(drawn.values())) == len(drawn) == 6, "two (seed, fold) pairs drew the same episode"
+    classes = {k: {orig for orig, _ in sig} for k, sig in drawn.items()}
+    assert len({frozenset(c) for c in classes.values()}) > 1  # not only the clouds: the classes vary too
+    assert signature(episodes(0)[2]) == drawn[(0, 2)]  # and a pair is reproducible
