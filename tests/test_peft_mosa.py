@@ -1,4 +1,5 @@
-"""MoSA: disjoint covering masks, sparse training routes, two-route consistency loss, merge into fc2."""
+"""MoSA: the released expert-split AdaptFormer-style adapter (defaults), its training and merge; and the earlier
+linear variant (``style: linear``): disjoint covering masks, sparse training routes, merge into fc2."""
 
 from __future__ import annotations
 
@@ -17,14 +18,25 @@ from peft_cases import (
 
 from pointpeft.errors import ConfigError
 from pointpeft.peft import get_peft_model, load_adapter, merge, save_adapter, training_forward
-from pointpeft.peft.mosa import TENSORS, SparseAdapter, sparse_adapters, symmetric_kl
+from pointpeft.peft.mosa import (
+    TENSORS,
+    MergedAdapter,
+    MosaAdapter,
+    SparseAdapter,
+    merge_experts,
+    mosa_adapters,
+    sparse_adapters,
+    symmetric_kl,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+#: the earlier variant with its former defaults (linear adapter after fc2, r 16, scale 1)
+LINEAR = {"type": "mosa", "style": "linear", "r": 16, "scale": 1.0}
 
 
 @pytest.mark.parametrize("hierarchical", [False, True])
 def test_module_masks_are_disjoint_and_cover_every_weight(hierarchical: bool) -> None:
-    model = get_peft_model(build_backbone("point"), {"type": "mosa", "num_modules": 4,
+    model = get_peft_model(build_backbone("point"), {**LINEAR, "num_modules": 4,
                                                      "hierarchical": hierarchical})
     adapters = sparse_adapters(model)
     assert len(adapters) == 2
@@ -44,7 +56,7 @@ def test_module_masks_are_disjoint_and_cover_every_weight(hierarchical: bool) ->
             torch.testing.assert_close(total[name], getattr(ad, name))  # the modules sum to the dense adapter
     a, b = adapters  # blocks get different (seeded) splits, reproducible from the seed
     assert not torch.equal(a.down_weight_module, b.down_weight_module)
-    again = get_peft_model(build_backbone("point"), {"type": "mosa", "hierarchical": hierarchical})
+    again = get_peft_model(build_backbone("point"), {**LINEAR, "hierarchical": hierarchical})
     assert torch.equal(sparse_adapters(again)[0].down_weight_module, a.down_weight_module)
 
 
@@ -127,7 +139,7 @@ def test_module_view_starts_as_the_dense_adapter() -> None:
 
 @pytest.mark.parametrize("kind", BACKBONES)
 def test_consistency_loss_is_positive_and_has_gradients(kind: str) -> None:
-    model = get_peft_model(build_backbone(kind), {"type": "mosa", "num_modules": 4, "num_active": 2})
+    model = get_peft_model(build_backbone(kind), {**LINEAR, "num_modules": 4, "num_active": 2})
     inputs, labels = make_batch(kind)
     train_steps(model, inputs, labels, steps=2)  # up projections leave zero, so routes differ
     model.train()
@@ -138,7 +150,7 @@ def test_consistency_loss_is_positive_and_has_gradients(kind: str) -> None:
     cons.backward()
     ad = sparse_adapters(model)[0]
     assert ad.up_weight.grad is not None and ad.up_weight.grad.abs().sum() > 0
-    off = get_peft_model(build_backbone(kind), {"type": "mosa", "consistency_weight": 0.0})
+    off = get_peft_model(build_backbone(kind), {"type": "mosa", "consistency_weight": 0.0})  # default style
     off.train()
     assert "consistency_loss" not in training_forward(off, inputs)[1]
 
@@ -156,7 +168,7 @@ def test_symmetric_kl_values() -> None:
 @pytest.mark.parametrize("hierarchical", [False, True])
 def test_merge_folds_into_fc2_with_identical_eval_outputs(kind: str, hierarchical: bool) -> None:
     base = build_backbone(kind)
-    model = get_peft_model(copy.deepcopy(base), {"type": "mosa", "hierarchical": hierarchical, "scale": 0.5})
+    model = get_peft_model(copy.deepcopy(base), {**LINEAR, "hierarchical": hierarchical, "scale": 0.5})
     inputs, labels = make_batch(kind)
     train_steps(model, inputs, labels, steps=3)
     before = eval_logits(model, inputs)
@@ -168,7 +180,7 @@ def test_merge_folds_into_fc2_with_identical_eval_outputs(kind: str, hierarchica
 
 
 def test_nonlinear_adapter_refuses_to_merge_and_masks_are_saved(tmp_path) -> None:
-    model = get_peft_model(build_backbone("point"), {"type": "mosa", "activation": "gelu"})
+    model = get_peft_model(build_backbone("point"), {**LINEAR, "activation": "gelu"})
     with pytest.raises(ConfigError, match="mosa"):
         merge(model)
     save_adapter(model, tmp_path)
@@ -190,4 +202,147 @@ def test_nonlinear_adapter_refuses_to_merge_and_masks_are_saved(tmp_path) -> Non
                                              ({"module_merge": "max"}, "module_merge")])
 def test_bad_config_names_the_field(node: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
-        get_peft_model(build_backbone("point"), {"type": "mosa", **node})
+        get_peft_model(build_backbone("point"), {**LINEAR, **node})
+    for bad in ({"style": "houlsby"}, {"share": "all"}, {"num_active": 2}):  # released style: one expert a draw
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            get_peft_model(build_backbone("point"), {"type": "mosa", **bad})
+
+
+# -- the released MoSA (defaults) ---------------------------------------------------------------------------------
+def _randomise_experts(model: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for ad in mosa_adapters(model):
+            for p in ad.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def test_default_is_the_parallel_nonlinear_adapter_on_the_residual_stream() -> None:
+    model = get_peft_model(build_backbone("point"), {"type": "mosa"})
+    cfg = model.peft_config
+    assert (cfg.style, cfg.r, cfg.share, cfg.num_modules, cfg.split_bias) == ("adaptformer", 64, "down", 4, False)
+    assert (cfg.adapter_scale, cfg.adapter_dropout, cfg.consistency_detach) == (0.1, 0.1, True)
+    block = model.blocks.blocks[0]
+    ad = block.peft_mosa
+    assert isinstance(ad, MosaAdapter) and ad.norm.eps == 1e-6
+    assert ad.down.num_experts == 1 and ad.up.num_experts == 4  # SHARE=down: one dense down, the up split
+    _randomise_experts(model)
+    x = torch.randn(2, 17, 64)
+    block.eval()
+    with torch.no_grad():
+        h = x + block.attn(block.norm1(x))
+        (wd, bd), (wu, bu) = ad.down.merged(), ad.up.merged()
+        adapter = 0.1 * torch.nn.functional.linear(torch.nn.functional.gelu(
+            torch.nn.functional.linear(ad.norm(h), wd, bd)), wu, bu)
+        torch.testing.assert_close(block(x), h + block.mlp(block.norm2(h)) + adapter, rtol=1e-5, atol=1e-5)
+        assert adapter.abs().mean() > 1e-3
+
+
+def test_expert_masks_are_exactly_balanced_and_biases_are_not_split() -> None:
+    model = get_peft_model(build_backbone("point"), {"type": "mosa", "r": 7, "num_modules": 3})
+    up = mosa_adapters(model)[0].up
+    sizes = [getattr(up, f"weight_{k}").numel() for k in range(3)]
+    assert sum(sizes) == 7 * 64 and max(sizes) - min(sizes) <= 1  # 448 elements: 149 / 149 / 150
+    owner = up.weight_owner.long().flatten()
+    assert sorted(torch.bincount(owner, minlength=3).tolist()) == sorted(sizes)
+    assert all(getattr(up, f"bias_{k}").shape == (64,) for k in range(3))  # each expert trains its whole bias
+    _randomise_experts(model)
+    experts = [up.expert(k) for k in range(3)]
+    w_all = sum(w for w, _ in experts)  # disjoint elements over a zero init: the experts sum to the full weight
+    for k, (w, _) in enumerate(experts):
+        assert (w.flatten()[owner != k] == 0).all()
+    merged_w, merged_b = up.merged()
+    torch.testing.assert_close(merged_w, w_all / 3)
+    torch.testing.assert_close(merged_b, sum(b for _, b in experts) / 3)
+
+
+def test_each_expert_has_its_own_optimiser_state_and_steps_only_when_drawn() -> None:
+    from pointpeft.engine.optim import build_optimizer
+
+    model = get_peft_model(build_backbone("point"), {"type": "mosa", "consistency_weight": 0.0, "dropout": 0.0})
+    opt = build_optimizer({"type": "adamw", "lr": 1e-2}, model)
+    inputs, labels = make_batch("point")
+    ads = mosa_adapters(model)
+
+    def step(expert: int) -> dict[str, torch.Tensor]:
+        for ad in ads:
+            ad.route = (0, expert)
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if "peft_mosa.up." in n}
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(training_forward(model, inputs)[0], labels).backward()
+        opt.step()
+        return before
+
+    step(2)  # expert 2's up weight is zero: only its bias moves in the first step; then its weight too
+    before = step(2)
+    params = dict(model.named_parameters())
+    for n, old in before.items():
+        moved = not torch.equal(params[n], old)
+        assert moved == n.endswith(("weight_2", "bias_2")), n
+    before = step(1)
+    for n, old in before.items():
+        assert (not torch.equal(params[n], old)) == n.endswith(("weight_1", "bias_1")), n  # no momentum drift
+    up = ads[0].up
+    assert int(opt.state[up.weight_2]["step"]) == 2 and int(opt.state[up.weight_1]["step"]) == 1
+    assert up.weight_0 not in opt.state and up.bias_3 not in opt.state
+
+
+def test_consistency_gradient_detaches_the_target_as_the_official_loss() -> None:
+    def official(inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:  # MoSA src/solver/losses.py
+        f = torch.nn.functional
+        return 0.5 * (f.kl_div(f.log_softmax(inp, -1), f.softmax(tgt.detach(), -1), reduction="batchmean")
+                      + f.kl_div(f.log_softmax(tgt, -1), f.softmax(inp.detach(), -1), reduction="batchmean"))
+
+    g = torch.Generator().manual_seed(0)
+    a0, b0 = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    grads = {}
+    for label, fn in (("ours", symmetric_kl), ("official", official),
+                      ("full", lambda a, b: symmetric_kl(a, b, detach_target=False))):
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        value = fn(a, b)
+        value.backward()
+        grads[label] = (value.detach(), a.grad, b.grad)
+    for i in range(3):
+        torch.testing.assert_close(grads["ours"][i], grads["official"][i])
+    torch.testing.assert_close(grads["full"][0], grads["ours"][0])  # same value ...
+    assert not torch.allclose(grads["full"][1], grads["ours"][1])  # ... other gradients
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("share", ["down", "none"])
+def test_merged_experts_give_the_unmerged_eval_output(kind: str, share: str) -> None:
+    model = get_peft_model(build_backbone(kind), {"type": "mosa", "share": share, "r": 8})
+    inputs, labels = make_batch(kind)
+    train_steps(model, inputs, labels, steps=3)
+    before = eval_logits(model, inputs)
+    with pytest.raises(ConfigError, match="merge_experts"):
+        merge(model)  # non-linear: cannot fold into the backbone
+    merge_experts(model)
+    assert not mosa_adapters(model) and any(isinstance(m, MergedAdapter) for m in model.modules())
+    torch.testing.assert_close(eval_logits(model, inputs), before, rtol=1e-6, atol=1e-6)
+
+
+def test_pfeiffer_style_is_sequential_after_the_ffn() -> None:
+    model = get_peft_model(build_backbone("point"), {"type": "mosa", "style": "pfeiffer"})
+    mlp = model.blocks.blocks[0].mlp
+    ad = mlp.peft_adapter
+    assert (ad.activation, ad.scale, ad.dropout) == ("relu", 1.0, 0.0)
+    _randomise_experts(model)
+    x = torch.randn(2, 5, 64)
+    mlp.eval()
+    with torch.no_grad():
+        f = mlp.fc2(mlp.act(mlp.fc1(x)))
+        torch.testing.assert_close(mlp(x), f + ad(f))
+
+
+def test_expert_biases_are_not_decayed_but_expert_weights_are() -> None:
+    from pointpeft.engine.optim import no_decay_reason
+
+    model = get_peft_model(build_backbone("point"), {"type": "mosa"})
+    reasons = no_decay_reason(model)
+    names = [n for n, p in model.named_parameters() if p.requires_grad and "peft_mosa" in n]
+    biases = [n for n in names if n.rsplit(".", 1)[-1].startswith("bias") and ".norm." not in n]
+    assert len(biases) == 2 * (1 + 4) and all(reasons.get(n) == "bias" for n in biases)  # dense down + 4 experts
+    assert all(n not in reasons for n in names if n.rsplit(".", 1)[-1].startswith("weight_"))
+    assert all(reasons.get(n) == "norm" for n in names if ".norm." in n)

@@ -1,19 +1,26 @@
-"""MoSA options: a bottleneck adapter split into disjoint sparse modules, trained sparsely, merged after tuning.
+"""MoSA options. The defaults are the released method (Theia-4869/MoSA: ``vit_mosa.py``, ``src/configs/config.py``,
+``src/utils/pruner.py``, ``src/engine/trainer.py`` and its ``scripts/mosa``):
 
-The adapter sits after every FFN (on fc2's output, Houlsby's position): ``y = h + scale * up(act(down(h)))``,
-``h = fc2(...)``. Its four tensors (down weight/bias, up weight/bias) are partitioned element by element into
-``num_modules`` disjoint random masks (seeded). A training forward uses ``num_active`` randomly drawn modules; with
-``sparse_view: module`` (default, as the official code) a module is its own trained elements over the shared initial
-values and only its elements get gradients; ``sparse_view: masked`` zeroes the other elements instead (rescaled by
-num_modules/num_active when ``rescale``: DropConnect). Evaluation and merging use all modules, i.e. the dense adapter. ``hierarchical: true`` adds a second, structured level: the bottleneck
-channels are split into ``num_groups`` groups and a training forward also keeps only ``num_active_groups`` of them.
+* ``style: adaptformer``: an adapter parallel to the FFN on the residual stream (the FFN's pre-norm input), with its
+  own LayerNorm (eps 1e-6), ``down -> GELU -> dropout 0.1 -> up``, output x 0.1, added to the block's output; r 64
+  (``BOTTLENECK_SIZE``; the VTAB scripts use 16). ``style: pfeiffer``: the official Pfeiffer branch, sequential on
+  the FFN output, LayerNorm + ReLU, no scale, no dropout;
+* ``share: down`` (the scripts' ``SHARE=down``): one dense down projection; only the up projection is split into
+  ``num_modules`` experts, each a whole projection over the shared initial values that trains its own exactly
+  balanced share of the elements; biases are not split (``split_bias: false``: each expert trains its whole bias);
+* a training forward draws one expert per split projection per block; the consistency term is the symmetric KL
+  between two forwards with the target distribution detached in each half (``consistency_detach``, the official
+  ``symmetric_KL_loss``); each expert has its own optimiser state and steps only when drawn;
+* evaluation uses the mean of the experts (``merge('add')``); :func:`pointpeft.peft.mosa.merge_experts` turns it
+  into one dense non-linear adapter (exact). Folding into the backbone needs a linear adapter, so ``merge`` refuses.
 
-``activation: none`` (default) keeps the adapter linear, so ``merge`` folds the merged dense adapter into fc2's
-weights (``W' = (I + s U D) W``): no inference cost at all. ``gelu``/``relu`` give the nonlinear standard adapter; it
-is already one dense adapter at evaluation, but cannot be folded into the backbone, so ``merge`` refuses.
+``style: linear`` is the earlier variant, kept as an option: a linear adapter on fc2's output (r 16, scale 1, no norm,
+no dropout; set ``r: 16``, ``scale: 1``) whose four tensors are split element by element with random masks
+(``sparse_view``, ``module_merge``, ``rescale``, ``hierarchical``, ``activation`` apply to it only); it folds into
+fc2 (``merge``).
 
-Parameter budget of the defaults on Point-MAE (D=384, r=16): 12 * (D*r + r + r*D + D) = 12 * 12,688 = 152,256
-+ CLS/cls_pos 768 + head 273,960 (40 classes) = 426,984 trainable.
+Parameter budget of the defaults on Point-MAE (D=384, r=64, 4 experts): 12 * (LN 768 + down 24,640 + up weight
+24,576 + 4 up biases 1,536) = 12 * 51,520 = 618,240 + CLS/cls_pos 768 + head 273,960 (40 classes) = 892,968.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from dataclasses import dataclass
 
 from pointpeft.peft.base import PeftConfig
 
+STYLES = ("adaptformer", "pfeiffer", "linear")
+SHARES = ("down", "up", "none")
 ACTIVATIONS = ("none", "gelu", "relu")
 SPARSE_VIEWS = ("module", "masked")
 MODULE_MERGES = ("mean", "sum")
@@ -29,13 +38,18 @@ MODULE_MERGES = ("mean", "sum")
 
 @dataclass
 class MosaConfig(PeftConfig):
-    """``type: mosa``: Mixture of Sparse Adapters after every FFN, with a consistency loss between two routes."""
+    """``type: mosa``: Mixture of Sparse Adapters at every FFN, with a consistency loss between two routes."""
 
-    r: int = 16  # bottleneck width of the (dense) adapter
-    scale: float = 1.0  # the adapter output is multiplied by this
-    activation: str = "none"  # none (linear: mergeable into fc2) | gelu | relu (the nonlinear standard adapter)
-    num_modules: int = 4  # disjoint sparse modules the adapter's weights are split into
-    num_active: int = 1  # modules a training forward uses (drawn at random, per adapter, every forward)
+    style: str = "adaptformer"  # adaptformer (parallel, LN, GELU) | pfeiffer (after the FFN, LN, ReLU) | linear
+    r: int = 64  # bottleneck width (the official BOTTLENECK_SIZE; its VTAB scripts use 16)
+    scale: float | None = None  # output multiplier; None: 0.1 (adaptformer), 1 (pfeiffer, linear)
+    dropout: float | None = None  # dropout after the activation; None: 0.1 (adaptformer), 0 (pfeiffer, linear)
+    share: str = "down"  # down (one dense down, experts split up) | up | none (both split)
+    split_bias: bool = False  # false: each expert trains its whole bias (official BIAS: True); true: split too
+    consistency_detach: bool = True  # each KL half's target distribution is detached (official symmetric_KL_loss)
+    activation: str = "none"  # style linear only: none (mergeable into fc2) | gelu | relu
+    num_modules: int = 4  # experts (EXPERT_NUM) / disjoint sparse modules of the linear style
+    num_active: int = 1  # modules a training forward uses (1: the official draw; more only for style linear)
     sparse_view: str = "module"  # module (own elements over the initial values) | masked (zeros elsewhere)
     module_merge: str = "mean"  # module view: the evaluated/merged adapter is the mean of the modules | their sum
     rescale: bool = True  # masked view: multiply the active weights by num_modules/num_active; groups likewise
@@ -47,6 +61,19 @@ class MosaConfig(PeftConfig):
 
     def validate(self) -> None:
         self.require_positive_int("r", "num_modules", "num_active", "num_groups", "num_active_groups")
+        for name, allowed in (("style", STYLES), ("share", SHARES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, int | float)):
+            raise ValueError(f"scale must be a number or null, got {self.scale!r}")
+        if self.dropout is not None:
+            self.require_probability("dropout")
+        if self.style == "linear":
+            if self.dropout:
+                raise ValueError("dropout must be 0 or null with style linear (the linear variant has none)")
+        elif self.num_active != 1 or self.hierarchical or self.sparse_view != "module" or self.activation != "none":
+            raise ValueError(f"num_active, hierarchical, sparse_view and activation are options of style linear; "
+                             f"style {self.style!r} draws one expert per projection")
         if self.sparse_view not in SPARSE_VIEWS:
             raise ValueError(f"sparse_view must be one of {list(SPARSE_VIEWS)}, got {self.sparse_view!r}")
         if self.module_merge not in MODULE_MERGES:
@@ -66,3 +93,11 @@ class MosaConfig(PeftConfig):
             raise ValueError(f"consistency_weight must be >= 0, got {self.consistency_weight!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def adapter_scale(self) -> float:
+        return float(self.scale) if self.scale is not None else (0.1 if self.style == "adaptformer" else 1.0)
+
+    @property
+    def adapter_dropout(self) -> float:
+        return float(self.dropout) if self.dropout is not None else (0.1 if self.style == "adaptformer" else 0.0)
