@@ -6,7 +6,9 @@ automatically. What the matrix expects of a method comes from the method object 
 * ``mergeable`` (bool): ``merge`` folds the method into the backbone weights;
 * ``adds_tokens`` (bool): prompt tokens are appended inside the blocks;
 * ``trains_backbone`` (tuple of dotted-name suffixes, default empty): existing backbone parameters the method trains
-  beyond the head and the CLS token (Adapter-X: ``norm2.weight``/``norm2.bias``).
+  beyond the head and the CLS token (Adapter-X: ``norm2.weight``/``norm2.bias``);
+* ``drawn_experts`` (bool, default False): a step trains only the experts its forwards drew (MoSA), so some trainable
+  parameters get no gradient in a given step.
 
 Whether the output is unchanged at initialisation is not read from the method: tests/test_init_output.py holds
 that table (a method cannot opt out by omission). ``MATRIX_CONFIGS`` holds the config a method is tested with when
@@ -106,6 +108,7 @@ class Expectation:
     mergeable: bool
     adds_tokens: bool
     trains_backbone: tuple[str, ...]
+    drawn_experts: bool = False
 
 
 def expectation(config: dict[str, Any]) -> Expectation:
@@ -115,6 +118,7 @@ def expectation(config: dict[str, Any]) -> Expectation:
         mergeable=bool(getattr(method, "mergeable", False)),
         adds_tokens=bool(getattr(method, "adds_tokens", False)),
         trains_backbone=tuple(getattr(method, "trains_backbone", ())),
+        drawn_experts=bool(getattr(method, "drawn_experts", False)),
     )
 
 

@@ -84,6 +84,14 @@ class PeftMethod:
         logits = model(inputs)
         return logits, collect_aux_losses(unwrap(model))
 
+    def param_group_options(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Optimiser options (``lr``, ``weight_decay``) for some trainable parameters, by their name in ``model``.
+
+        The engine's optimiser builder puts each distinct option set in its own param group, so a method can give
+        e.g. its routing logits their original learning rate without the engine knowing the method. Default: none.
+        """
+        return {}
+
     def merge(self, model: nn.Module, spec: Any) -> None:
         raise ConfigError(f"method {self.name!r} has nothing to merge into the backbone (mergeable: LoRA, MoSA)")
 
