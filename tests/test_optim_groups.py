@@ -36,10 +36,19 @@ def test_norms_tokens_and_plain_linear_weights() -> None:
     reasons = no_decay_reason(model)
     ln = next(n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm))
     assert decay[f"{ln}.weight"] == 0.0 and reasons[f"{ln}.weight"] == "norm"
-    assert decay["cls_token"] == 0.0 and decay["cls_pos"] == 0.0  # (1, 1, D) tokens
+    assert decay["cls_token"] == 0.0 and decay["cls_pos"] == 0.0  # (1, 1, D) tokens the model lists
+    assert reasons["cls_pos"] == "listed"
     fc = next(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     assert decay[f"{fc}.weight"] == 0.05 and f"{fc}.weight" not in reasons
     assert decay[f"{fc}.bias"] == 0.0
+
+
+def test_vit_tokens_are_listed_and_prompts_decay() -> None:
+    model = get_peft_model(build_backbone("vit"), {"type": "vpt_deep"})
+    decay = _decay_of(model)
+    assert decay["cls_token"] == 0.0
+    prompts = [n for n in decay if n.endswith("prompts")]
+    assert prompts and all(decay[n] == 0.05 for n in prompts)  # VPT's optimiser decays its prompts
 
 
 def test_submodule_no_weight_decay_is_an_extension_point() -> None:

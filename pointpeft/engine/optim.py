@@ -1,8 +1,8 @@
 """Optimizers and learning-rate schedules, chosen by ``type`` in the config's ``optimizer:``/``scheduler:`` sections.
 
 Only trainable parameters reach the optimizer. Weight decay skips parameters by role (:func:`no_decay_reason`):
-biases of any shape, normalisation layers, CLS / positional tokens, anything a module lists in ``no_weight_decay()``,
-and 1-D tensors (the rule of Point-MAE's and DAPT's ``add_weight_decay``). A PEFT method may give some parameters
+biases of any shape, normalisation layers, the CLS / positional tokens and anything else a module lists in
+``no_weight_decay()``, and 1-D tensors (the rule of Point-MAE's and DAPT's ``add_weight_decay``). A PEFT method may give some parameters
 their own options (``PeftMethod.param_group_options``: lr, weight_decay) without the engine knowing it by name.
 """
 
@@ -26,7 +26,6 @@ from pointpeft.registry import OPTIMIZERS, SCHEDULERS
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                                            nn.modules.batchnorm._NormBase)
 _BIAS_NAME = re.compile(r"(bias|.+_bias|bias_.+|b|b_.+)")  # bias, up_bias, bias_k, b_down (Adapter-X's stacks)
-_TOKEN_NAME = re.compile(r"(.+_)?(token|tokens|pos|pos_embed|pos_embedding)")  # cls_token, cls_pos, pos_embed
 
 
 def _declared_no_decay(model: nn.Module) -> set[str]:
@@ -43,9 +42,10 @@ def no_decay_reason(model: nn.Module) -> dict[str, str]:
     """Why each trainable parameter of ``model`` gets no weight decay, by role; decayed ones are absent.
 
     Roles: ``norm`` (owned by a normalisation layer), ``bias`` (named as a bias, whatever its shape: the experts'
-    ``b_down``/``b_up`` stacks are 2-D), ``token`` (CLS / positional embeddings), ``listed`` (named by a
-    ``no_weight_decay()`` of the model or a submodule: the timm / Point-MAE extension point), and ``1-D`` (the
-    originals' ``add_weight_decay`` rule, kept so nothing they exclude is decayed here).
+    ``b_down``/``b_up`` stacks are 2-D), ``listed`` (named by a ``no_weight_decay()`` of the model or a submodule:
+    the CLS / positional tokens of Point-MAE (``cls_token``, ``cls_pos``) and timm (``pos_embed``, ``cls_token``...),
+    the extension point of both), and ``1-D`` (the originals' ``add_weight_decay`` rule, kept so nothing they
+    exclude is decayed here). Prompt tokens are weights, decayed as in VPT's and IDPT's optimisers.
     """
     inner = unwrap(model)
     declared = _declared_no_decay(inner)
@@ -61,8 +61,6 @@ def no_decay_reason(model: nn.Module) -> dict[str, str]:
                 reasons[name] = "norm"
             elif _BIAS_NAME.fullmatch(leaf):
                 reasons[name] = "bias"
-            elif _TOKEN_NAME.fullmatch(leaf):
-                reasons[name] = "token"
             elif name in declared or leaf in top_leaves:
                 reasons[name] = "listed"
             elif p.ndim <= 1:
