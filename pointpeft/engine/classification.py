@@ -15,16 +15,12 @@ from pointpeft.config import Config
 from pointpeft.errors import ConfigError
 from pointpeft.models import load_backbone_weights
 from pointpeft.models.losses import cross_entropy
-from pointpeft.peft import get_peft_model, training_forward, unwrap
+from pointpeft.peft import get_peft_model, training_forward
 from pointpeft.registry import MODELS, TASKS
 from pointpeft.utils.misc import get_logger
+from pointpeft.utils.modules import device_of, unwrap
 
 log = get_logger("engine.cls")
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(unwrap(model).parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def build_classifier(cfg: Config, ckpt: str | None = None) -> nn.Module:
@@ -69,7 +65,7 @@ def predict(model: nn.Module, loader: DataLoader, votes: Any = None, seed: int =
     import contextlib
 
     core = unwrap(model)
-    dev = _device_of(core)
+    dev = device_of(core)
     was_training = core.training
     core.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -116,7 +112,7 @@ class ClassificationTask:
 
     def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         pts, labels = batch
-        dev = _device_of(model)
+        dev = device_of(model)
         pts, labels = pts.to(dev, non_blocking=True).float(), torch.as_tensor(labels).to(dev).long().reshape(-1)
         logits, aux = training_forward(model, pts)
         logits = logits.float()

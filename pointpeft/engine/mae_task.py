@@ -32,6 +32,7 @@ from pointpeft.models.mae import PointMAE, export_pretrain_checkpoint
 from pointpeft.ops.chamfer import chamfer_l2
 from pointpeft.registry import MODELS, TASKS
 from pointpeft.utils.misc import get_logger
+from pointpeft.utils.modules import device_of, unwrap
 
 log = get_logger("engine.mae")
 
@@ -80,20 +81,11 @@ def _points(batch: Any) -> torch.Tensor:
     return pts[..., :3]  # drop normals / colours: the MAE sees xyz only
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
-
-
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, 2C) float32, labels (n,)) of every cloud in ``loader``, model in eval mode, no masking."""
-    core = _unwrap(model)
-    dev = _device_of(core)
+    core = unwrap(model)
+    dev = device_of(core)
     was_training = core.training
     core.eval()
     feats, labels = [], []
@@ -184,7 +176,7 @@ class MAEPretrainTask:
 
     # -- training ------------------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        pts = _points(batch).to(_device_of(model)).float()
+        pts = _points(batch).to(device_of(model)).float()
         loss = model(pts)
         return loss, {"loss": float(loss.detach())}
 
@@ -192,8 +184,8 @@ class MAEPretrainTask:
     @torch.no_grad()
     def chamfer_eval(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         """Mean Chamfer-L2 (and L1) of the hidden patches over ``loader``; masks from ``eval_seed`` + batch index."""
-        core = _unwrap(model)
-        dev = _device_of(core)
+        core = unwrap(model)
+        dev = device_of(core)
         was_training = core.training
         core.eval()
         total_l2 = total_loss = 0.0
@@ -256,7 +248,7 @@ class MAEPretrainTask:
         if metrics["cd_l2"] < self.best_metric:
             self.best_metric = metrics["cd_l2"]
             self.best_epoch = self.epoch
-            self._best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+            self._best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         return metrics
 
     # -- export --------------------------------------------------------------------------------------------
@@ -265,7 +257,7 @@ class MAEPretrainTask:
         final one, pretrain-best.pth (those weights). Returns the paths written."""
         if not self.options.export:
             return []
-        core = _unwrap(model)
+        core = unwrap(model)
         run_dir = Path(run_dir)
         metrics = {"cd_l2": self.last_metric} if self.last_metric is not None else {}
         written = [export_pretrain_checkpoint(core, run_dir / self.options.export_name, epoch=epoch,

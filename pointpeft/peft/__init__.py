@@ -15,17 +15,10 @@ from pointpeft.peft import (
     mosa,  # noqa: F401  (registers mosa)
     vpt,  # noqa: F401  (registers vpt_deep)
 )
+from pointpeft.peft.aux_loss import AuxLossMixin, collect_aux_losses
 from pointpeft.peft.backbones import BackboneSpec, describe_backbone
 from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, register_method
-from pointpeft.peft.inject import (
-    AuxLossMixin,
-    collect_aux_losses,
-    get_method,
-    get_peft_model,
-    is_peft_model,
-    training_forward,
-    unwrap,
-)
+from pointpeft.peft.inject import get_method, get_peft_model, is_peft_model, training_forward
 from pointpeft.peft.state import (
     adapter_state_dict,
     load_adapter,
@@ -35,6 +28,7 @@ from pointpeft.peft.state import (
     save_adapter,
     trainable_parameter_report,
 )
+from pointpeft.utils.modules import unwrap
 
 __all__ = [
     "AuxLossMixin", "BackboneSpec", "PeftConfig", "PeftMethod", "adapter_state_dict", "build_peft_config",

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from pointpeft.errors import ConfigError
+from pointpeft.peft.aux_loss import collect_aux_losses
 from pointpeft.registry import PEFT_METHODS
+from pointpeft.utils.modules import unwrap
 
 
 @dataclass
@@ -79,8 +81,6 @@ class PeftMethod:
 
     def training_forward(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training forward: logits and the method's weighted auxiliary losses (load balance, consistency)."""
-        from pointpeft.peft.inject import collect_aux_losses, unwrap
-
         logits = model(inputs)
         return logits, collect_aux_losses(unwrap(model))
 

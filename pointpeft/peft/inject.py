@@ -8,24 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from pointpeft.peft.aux_loss import collect_aux_losses
 from pointpeft.peft.backbones import BackboneSpec, describe_backbone
 from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, method_for
 from pointpeft.peft.hooks import finish_token_context, install_token_context
 from pointpeft.utils.misc import get_logger
+from pointpeft.utils.modules import unwrap
 
 log = get_logger("peft")
-
-
-class AuxLossMixin:
-    """Modules that produce an auxiliary loss in their forward (e.g. SMoA load balancing) expose it here."""
-
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        return {}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / DataParallel wrapper."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -85,18 +75,6 @@ def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | st
         raise ValueError(f"PEFT method {cfg.type!r} left no trainable parameter in {type(model).__name__}")
     log.info("injected %s into %s (%s)", cfg.type, type(model).__name__, spec.family)
     return model
-
-
-def collect_aux_losses(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weighted auxiliary losses produced by the last forward, summed over modules of the same kind."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, AuxLossMixin) and id(m) not in seen:
-            seen.add(id(m))
-            for k, v in m.aux_losses().items():
-                out[k] = out[k] + v if k in out else v
-    return out
 
 
 def training_forward(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -14,9 +14,10 @@ import pointpeft
 from pointpeft.errors import CheckpointError, ConfigError
 from pointpeft.peft.backbones import describe_backbone
 from pointpeft.peft.base import build_peft_config
-from pointpeft.peft.inject import get_method, get_peft_model, unwrap
+from pointpeft.peft.inject import get_method, get_peft_model
 from pointpeft.utils.io import atomic_write, atomic_write_json
 from pointpeft.utils.misc import get_logger
+from pointpeft.utils.modules import unwrap
 
 log = get_logger("peft")
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointpeft.peft.adapterx.config import XOptions
-from pointpeft.peft.inject import AuxLossMixin
+from pointpeft.peft.aux_loss import AuxLossMixin
 
 
 class ExpertPool(nn.Module):

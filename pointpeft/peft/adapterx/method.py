@@ -19,7 +19,7 @@ from pointpeft.peft.adapterx.config import AdapterXConfig, XOptions
 from pointpeft.peft.adapterx.layers import SMoA, SMoABlock
 from pointpeft.peft.base import PeftMethod
 from pointpeft.peft.hooks import add_block_hooks, attach_adapter
-from pointpeft.peft.inject import unwrap
+from pointpeft.utils.modules import unwrap
 
 SMOA_ATTR = "peft_smoa"
 

@@ -21,10 +21,11 @@ from torch import nn
 from pointpeft.errors import ConfigError
 from pointpeft.peft.base import PeftMethod
 from pointpeft.peft.hooks import attach_adapter, detach_adapter
-from pointpeft.peft.inject import get_method, unwrap
+from pointpeft.peft.inject import get_method
 from pointpeft.peft.lora.method import target_linears
 from pointpeft.peft.mhr.config import MODES, MhrConfig
 from pointpeft.peft.mhr.layers import RoutedLora, check_heads
+from pointpeft.utils.modules import unwrap
 
 
 class Mhr(PeftMethod):
