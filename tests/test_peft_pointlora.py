@@ -121,3 +121,15 @@ def test_config_errors_name_the_problem() -> None:
         get_peft_model(build_backbone("point"), {"type": "pointlora", "scales": [{"groups": 4}]})
     with pytest.raises(ConfigError, match="mask_loss_weight"):
         get_peft_model(build_backbone("point"), {**TINY, "mask_loss_weight": -1})
+
+
+def test_token_prompts_go_to_the_patch_rows_and_the_selected_rows() -> None:
+    """Before each block: patches += prompt_patch(patches), selected += prompt_selected(selected); CLS and anything
+    after the selected tokens unchanged (the released x[:, 1:129] / x[:, -40:] with the model's G and K)."""
+    mods = get_peft_model(build_backbone("point"), TINY).peft_pointlora
+    x = torch.randn(2, 1 + 16 + 6 + 3, 64)
+    (y,) = mods.before_block(None, (x,))
+    torch.testing.assert_close(y[:, 0], x[:, 0])
+    torch.testing.assert_close(y[:, 1:17], x[:, 1:17] + mods.prompt_patch(x[:, 1:17]))
+    torch.testing.assert_close(y[:, 17:23], x[:, 17:23] + mods.prompt_selected(x[:, 17:23]))
+    torch.testing.assert_close(y[:, 23:], x[:, 23:])
