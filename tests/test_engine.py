@@ -126,12 +126,44 @@ def test_a_failed_run_says_so_in_its_results(tmp_path):
     assert status.startswith("failed: TrainingDiverged: loss is"), status
 
 
-def test_diverging_loss_stops_with_the_last_checkpoint_intact(tmp_path):
-    t = Trainer(tiny_config(extra=["optimizer.lr=1e30", "train.grad_clip=null"]), tmp_path / "d")
-    with pytest.raises(TrainingDiverged, match="epoch"):
+def _nan_from_step(trainer: Trainer, step: int) -> None:
+    """Make the task's loss NaN from global step ``step`` on (the trainer must stop before that step's update)."""
+    real = trainer.task.training_step
+
+    def step_fn(model, batch):
+        loss, logs = real(model, batch)
+        return (loss * float("nan") if trainer.global_step >= step else loss), logs
+
+    trainer.task.training_step = step_fn
+
+
+def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(tmp_path):
+    t = Trainer(tiny_config(), tmp_path / "d")
+    _nan_from_step(t, 1)
+    with pytest.raises(TrainingDiverged, match="at epoch 1, step 2") as err:
         t.fit()
-    if (tmp_path / "d" / LAST_NAME).exists():  # an earlier epoch's state is readable
-        assert read_train_state(tmp_path / "d" / LAST_NAME)["epoch"] >= 1
+    assert "no checkpoint exists yet" in str(err.value) and "is intact" not in str(err.value)
+    assert not (tmp_path / "d" / LAST_NAME).exists()
+    with pytest.raises(TrainingDiverged, match="this run has no run folder, so no checkpoint exists"):
+        no_dir = Trainer(tiny_config(), None)
+        _nan_from_step(no_dir, 0)
+        no_dir.fit()
+
+
+def test_divergence_after_a_checkpoint_names_it_and_leaves_it_intact(tmp_path):
+    t = Trainer(tiny_config(), tmp_path / "d")
+    t.fit(until_epoch=1)
+    path = tmp_path / "d" / LAST_NAME
+    saved = path.read_bytes()
+    weights = trainable_state(t)
+    _nan_from_step(t, t.global_step + 1)  # the second step of epoch 2
+    with pytest.raises(TrainingDiverged, match=rf"at epoch 2, step 2 .*{LAST_NAME} of epoch 1 is intact"):
+        t.fit()
+    assert path.read_bytes() == saved  # not rewritten
+    state = read_train_state(path)
+    assert state["epoch"] == 1 and state["global_step"] == 3
+    for k, v in weights.items():
+        torch.testing.assert_close(state["model"][k], v, rtol=0, atol=0, msg=k)
 
 
 # -- learning on real data -------------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ class Trainer:
 
         self.epoch = 0  # epochs completed
         self.global_step = 0
+        self.saved_epoch: int | None = None  # epoch of the ckpt-last.pth this trainer wrote or resumed from
         self.best: dict[str, Any] = {"value": None, "epoch": None, "metrics": {}}
         self.history: list[dict[str, Any]] = []
         self.task_extras: dict[str, Any] = {}
@@ -176,6 +177,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
+        self.saved_epoch = self.epoch
         self.global_step = int(state.get("global_step", self.epoch * self.steps_per_epoch))
         self.best = dict(state.get("best") or self.best)
         self.history = list(state.get("history") or [])[: self.epoch]
@@ -183,6 +185,17 @@ class Trainer:
         restore_rng(state["rng"])
         if self.dist.is_main:
             log.info("resumed from %s after epoch %d (step %d)", source, self.epoch, self.global_step)
+
+    def checkpoint_on_disk(self) -> str:
+        """What a resume could start from, as a phrase for error messages (what is really there, not a guess)."""
+        if self.run_dir is None:
+            return "this run has no run folder, so no checkpoint exists"
+        path = self.run_dir / ck.LAST_NAME
+        if not path.is_file():
+            return f"no checkpoint exists yet ({path} is written after the first saved epoch)"
+        if self.saved_epoch is None:
+            return f"{path} predates this run and was not touched"
+        return f"{path} of epoch {self.saved_epoch} is intact"
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.started
@@ -206,8 +219,8 @@ class Trainer:
             if not math.isfinite(float(loss.detach())):
                 raise TrainingDiverged(
                     f"loss is {float(loss.detach()):.4g} at epoch {self.epoch + 1}, step {step + 1} ({logs}); nothing was "
-                    f"saved from this epoch; {ck.LAST_NAME} of epoch {self.epoch} is intact. Lower optimizer.lr, "
-                    "set train.grad_clip, or try --amp fp32")
+                    f"saved from this epoch; {self.checkpoint_on_disk()}. Lower optimizer.lr, set train.grad_clip, "
+                    "or try --amp fp32")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.opts.grad_clip:
@@ -261,6 +274,7 @@ class Trainer:
                 if self.run_dir is not None and (last or self.epoch % self.opts.save_every == 0
                                                  or self.epoch == stop):
                     ck.save_train_state(self.run_dir / ck.LAST_NAME, self.model, **self.state_parts())
+                    self.saved_epoch = self.epoch
                 self._call("after_epoch", row)
                 self.write_results("running" if not last else "finished")
             barrier(self.dist)
