@@ -22,7 +22,7 @@ from torch import nn
 
 from pointpeft.errors import CheckpointError
 from pointpeft.models import LoadReport, build_point_transformer, load_pretrained
-from pointpeft.models.checkpoint import extract_state_dict, group_keys
+from pointpeft.models.pretrained import extract_state_dict, group_keys
 
 BERT_TINY = {"trans_dim": 64, "encoder_dims": 32, "depth": 2, "num_heads": 2, "num_group": 16, "group_size": 8,
              "head_hidden": 64}
@@ -64,7 +64,7 @@ def assert_same_logits(a: nn.Module, b: nn.Module, pts: torch.Tensor) -> None:
 
 @pytest.fixture
 def log_records(caplog):
-    lg = logging.getLogger("pointpeft.models.checkpoint")
+    lg = logging.getLogger("pointpeft.models.pretrained")
     lg.addHandler(caplog.handler)
     old = lg.level
     lg.setLevel(logging.INFO)

@@ -17,9 +17,9 @@ from engine_cases import DETERMINISTIC_FWD, REPO, SYNTH_ADAPTERX, tiny_config
 from pointpeft.config import load_config
 from pointpeft.engine import Trainer, TrainingDiverged, read_train_state
 from pointpeft.engine import amp as amp_mod
-from pointpeft.engine.checkpoint import LAST_NAME
 from pointpeft.engine.launch import run as train_main
 from pointpeft.engine.optim import WarmupCosine
+from pointpeft.engine.train_state import LAST_NAME
 from pointpeft.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,7 +168,7 @@ def test_divergence_after_a_checkpoint_names_it_and_leaves_it_intact(tmp_path):
 
 # -- learning on real data -------------------------------------------------------------------------------------------
 def test_a_few_steps_on_real_modelnet40_reduce_the_loss(modelnet_h5_root):
-    from pointpeft.engine.hooks import Hook
+    from pointpeft.engine.trainer_hooks import Hook
 
     cfg = load_config(REPO / "cfgs/finetune/modelnet40/full.yaml", [
         f"data.train.root={modelnet_h5_root}", "model.type=point_mae_tiny", "data.train.npoints=256",

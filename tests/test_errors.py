@@ -28,10 +28,10 @@ from pointpeft.data.base import check_labels
 from pointpeft.data.fewshot import FewShot
 from pointpeft.data.modelnet40 import MODELNET40_CLASSES, ModelNet40
 from pointpeft.errors import CheckpointError, ConfigError, DataError, InputError, UnsafePickleError
-from pointpeft.models.checkpoint import load_pretrained
 from pointpeft.models.losses import check_targets, cross_entropy
 from pointpeft.models.mae import build_point_mae_pretrain
 from pointpeft.models.point_transformer import PointTransformerConfig, build_point_transformer
+from pointpeft.models.pretrained import load_pretrained
 from pointpeft.models.tokenizer import Group
 from pointpeft.models.vit import build_vit, load_vit_weights
 from pointpeft.ops import farthest_point_sample, knn_query

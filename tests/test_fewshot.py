@@ -209,7 +209,7 @@ def test_mhr_protocol_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     held-out classes with Poly, MHR, MHR-z and MHR-μ; MHR-z keeps the inventory, MHR-μ has no routing."""
     import torch
 
-    from pointpeft.engine.checkpoint import read_train_state
+    from pointpeft.engine.train_state import read_train_state
 
     argv = ["--config", str(REPO / "cfgs/fewshot/mhr.yaml"), "--protocol", "mhr", "--way", "3", "--shot", "4",
             "--folds", "0", "--root", str(tmp_path), "--quiet", *TINY, "train.epochs=1", "fewshot.query=3",

@@ -12,14 +12,14 @@ import torch
 from engine_cases import REPO, SYNTH_ADAPTERX, TINY
 
 from pointpeft.engine import read_train_state
-from pointpeft.engine.checkpoint import LAST_NAME
 from pointpeft.engine.launch import run as train_main
+from pointpeft.engine.train_state import LAST_NAME
 
 KILLED_AT_EPOCH = 2
 
 CHILD = textwrap.dedent(f"""
     import sys, time, torch
-    from pointpeft.engine import checkpoint as ck
+    from pointpeft.engine import train_state as ck
     real_save = torch.save
 
     def save_then_hang(obj, f, *args, **kwargs):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pointpeft.config import load_config
-from pointpeft.engine import checkpoint as ck
+from pointpeft.engine import train_state as ck
 from pointpeft.engine.launch import run
 from pointpeft.engine.trainer import Trainer, build_task
 from pointpeft.models import build_point_transformer, load_pretrained

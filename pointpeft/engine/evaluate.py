@@ -14,7 +14,7 @@ import torch
 
 from pointpeft.config import Config, load_config
 from pointpeft.data import VoteAugmentation, build_dataset
-from pointpeft.engine import checkpoint as ck
+from pointpeft.engine import train_state as ck
 from pointpeft.engine.amp import resolve_amp
 from pointpeft.engine.classification import accuracy_metrics, build_classifier, predict
 from pointpeft.engine.distributed import DistInfo

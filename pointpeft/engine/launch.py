@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pointpeft.config import Config, load_config
-from pointpeft.engine import checkpoint as ck
+from pointpeft.engine import train_state as ck
 from pointpeft.engine.distributed import DistInfo, broadcast_object, cleanup, init_distributed
 from pointpeft.engine.run_dir import default_run_dir, prepare_run_dir
 from pointpeft.errors import ConfigError, PointPeftError

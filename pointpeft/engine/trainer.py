@@ -19,19 +19,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pointpeft.config import Config, build_dataclass
 from pointpeft.data import build_dataset
-from pointpeft.engine import checkpoint as ck
+from pointpeft.engine import train_state as ck
 from pointpeft.engine.amp import make_grad_scaler, resolve_amp
 from pointpeft.engine.distributed import DistInfo, barrier, init_distributed
-from pointpeft.engine.hooks import Hook, ProgressHook, TensorBoardHook, progress_enabled
 from pointpeft.engine.optim import build_optimizer, build_scheduler
 from pointpeft.engine.options import DataOptions, TrainOptions
 from pointpeft.engine.rng import capture_rng, restore_rng
 from pointpeft.engine.run_dir import dump_config, git_commit, library_versions, plain_config
+from pointpeft.engine.trainer_hooks import Hook, ProgressHook, TensorBoardHook, progress_enabled
 from pointpeft.errors import ConfigError, PointPeftError
 from pointpeft.peft import is_peft_model, save_adapter, trainable_parameter_report
 from pointpeft.registry import TASKS
-from pointpeft.utils.machine import machine_info
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
+from pointpeft.utils.machine import machine_info
 from pointpeft.utils.misc import get_logger, set_seed
 
 log = get_logger("engine")
@@ -167,7 +167,7 @@ class Trainer:
                 "task": str(self.opts.task)}
 
     def restore(self, state: dict[str, Any], source: str = "<state>") -> None:
-        """Continue from a :func:`~pointpeft.engine.checkpoint.read_train_state` dict."""
+        """Continue from a :func:`~pointpeft.engine.train_state.read_train_state` dict."""
         ck.load_trainable_state(self.model, state["model"], source)
         try:
             self.optimizer.load_state_dict(state["optimizer"])

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from pointpeft.config import Config
 from pointpeft.data import build_dataset
-from pointpeft.engine import checkpoint as ck
+from pointpeft.engine import train_state as ck
 from pointpeft.engine.classification import ClassificationTask, accuracy_metrics, build_classifier
 from pointpeft.errors import CheckpointError, ConfigError
 from pointpeft.fewshot.folds import ensure_folds

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pointpeft.config import Config, load_config, set_value
-from pointpeft.engine import checkpoint as ck
+from pointpeft.engine import train_state as ck
 from pointpeft.errors import CheckpointError, ConfigError, PointPeftError
 from pointpeft.fewshot.folds import ensure_folds
 from pointpeft.fewshot.options import FewShotOptions

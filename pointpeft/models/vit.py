@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pointpeft.errors import CheckpointError, ConfigError, InputError
-from pointpeft.models.checkpoint import LoadReport, extract_state_dict, group_keys, read_checkpoint
+from pointpeft.models.pretrained import LoadReport, extract_state_dict, group_keys, read_checkpoint
 from pointpeft.registry import MODELS
 from pointpeft.utils.misc import get_logger
 

@@ -246,7 +246,7 @@ def load_samples(args: argparse.Namespace, cfg: Mapping[str, Any] | None, npoint
 
 def _load_full_state(model: nn.Module, path: str) -> None:
     """Load a whole-model checkpoint (e.g. a Point-MAE pretraining model) and report what did not match."""
-    from pointpeft.models.checkpoint import extract_state_dict, read_checkpoint
+    from pointpeft.models.pretrained import extract_state_dict, read_checkpoint
 
     state, _ = extract_state_dict(read_checkpoint(path), path)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}

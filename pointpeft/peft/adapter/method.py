@@ -9,8 +9,8 @@ from torch import nn
 from pointpeft.peft.adapter.config import AdapterConfig, AdaptFormerConfig
 from pointpeft.peft.adapter.layers import Bottleneck
 from pointpeft.peft.adapterx.method import attach_smoa, x_trainable_modules
+from pointpeft.peft.attach import attach_adapter
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import attach_adapter
 
 
 class Adapter(PeftMethod):
@@ -18,7 +18,7 @@ class Adapter(PeftMethod):
 
     name = "adapter"
     config_class = AdapterConfig
-    #: where the adapter sits relative to the block's FFN (see pointpeft.peft.hooks.attach_adapter)
+    #: where the adapter sits relative to the block's FFN (see pointpeft.peft.attach.attach_adapter)
     position: ClassVar[str] = "sequential"
 
     @property

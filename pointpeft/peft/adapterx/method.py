@@ -17,8 +17,8 @@ from torch import nn
 
 from pointpeft.peft.adapterx.config import AdapterXConfig, XOptions
 from pointpeft.peft.adapterx.layers import SMoA, SMoABlock
+from pointpeft.peft.attach import add_block_hooks, attach_adapter
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import add_block_hooks, attach_adapter
 from pointpeft.utils.modules import unwrap
 
 SMOA_ATTR = "peft_smoa"

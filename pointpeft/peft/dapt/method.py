@@ -14,10 +14,10 @@ from typing import Any
 from torch import nn
 
 from pointpeft.peft.adapterx.method import attach_smoa, x_trainable_modules
+from pointpeft.peft.attach import add_block_hooks, attach_adapter
 from pointpeft.peft.base import PeftMethod
 from pointpeft.peft.dapt.config import DaptConfig
 from pointpeft.peft.dapt.layers import DynamicAdapter, Ssf
-from pointpeft.peft.hooks import add_block_hooks, attach_adapter
 
 #: block children scaled/shifted by SSF (the same names in point transformers and timm ViTs)
 SSF_TARGETS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")

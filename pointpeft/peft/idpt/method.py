@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from pointpeft.errors import ConfigError
+from pointpeft.peft.attach import add_block_hooks
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import add_block_hooks
 from pointpeft.peft.idpt.config import IdptConfig
 from pointpeft.peft.idpt.layers import DynamicPromptModule
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from pointpeft.errors import ConfigError
+from pointpeft.peft.attach import attach_adapter, detach_adapter
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import attach_adapter, detach_adapter
 from pointpeft.peft.lora.config import LoraConfig
 from pointpeft.peft.lora.layers import LoraBranch
 

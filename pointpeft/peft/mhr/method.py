@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from pointpeft.errors import ConfigError
+from pointpeft.peft.attach import attach_adapter, detach_adapter
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import attach_adapter, detach_adapter
 from pointpeft.peft.inject import get_method
 from pointpeft.peft.lora.method import target_linears
 from pointpeft.peft.mhr.config import MODES, MhrConfig

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointpeft.errors import ConfigError
+from pointpeft.peft.attach import add_block_hooks, attach_adapter, detach_adapter
 from pointpeft.peft.aux_loss import collect_aux_losses
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import add_block_hooks, attach_adapter, detach_adapter
 from pointpeft.peft.mosa.config import MosaConfig
 from pointpeft.peft.mosa.experts import MergedAdapter, MosaAdapter
 from pointpeft.peft.mosa.layers import SparseAdapter

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from pointpeft.peft.attach import attach_adapter
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import attach_adapter
 from pointpeft.peft.lora.layers import LoraBranch
 from pointpeft.peft.lora.method import target_linears
 from pointpeft.peft.point_only import require_point_transformer

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from pointpeft.peft.attach import add_block_hooks
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.hooks import add_block_hooks
 from pointpeft.peft.vpt.config import VptDeepConfig
 from pointpeft.peft.vpt.layers import BlockPrompts
 

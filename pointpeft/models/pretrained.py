@@ -37,7 +37,7 @@ from torch import nn
 from pointpeft.errors import CheckpointError
 from pointpeft.utils.misc import get_logger
 
-log = get_logger("models.checkpoint")
+log = get_logger("models.pretrained")
 
 #: Container keys holding a state dict, in the order they are tried.
 STATE_DICT_KEYS = ("base_model", "model", "state_dict")
