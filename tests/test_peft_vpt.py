@@ -28,8 +28,23 @@ def test_each_block_sees_its_own_prompts_only(kind: str) -> None:
         feats = model.forward_features(inputs)
     assert [s.shape[1] for s in seen] == [17 + 4] * 3  # replaced, not accumulated
     for s, block in zip(seen, blocks):
-        torch.testing.assert_close(s[:, -4:], block.peft_prompts.prompts.expand(4, -1, -1))
+        p = block.peft_prompts
+        expected = p.prompts if p.prompt_pos is None else p.prompts + p.prompt_pos  # points: IDPT's prompt positions
+        torch.testing.assert_close(s[:, -4:], expected.expand(4, -1, -1))
+    assert (kind == "point") == all(b.peft_prompts.prompt_pos is not None for b in blocks)
     assert feats.shape[1] == 17
+
+
+def test_point_prompt_positions_are_an_option() -> None:
+    """Off: the prompts join with a zero position (the earlier behaviour); ViTs have no prompt positions (VPT)."""
+    with_pos = get_peft_model(tiny_point(), {"type": "vpt_deep", "num_prompts": 3})
+    without = get_peft_model(tiny_point(), {"type": "vpt_deep", "num_prompts": 3, "prompt_pos": False})
+    n_with = trainable_parameter_report(with_pos)["trainable"]
+    assert n_with - trainable_parameter_report(without)["trainable"] == 2 * 3 * 64  # 2 blocks x 3 x D
+    p = with_pos.blocks.blocks[0].peft_prompts.prompt_pos
+    assert p.requires_grad and 0.01 < p.std().item() < 0.03
+    with pytest.raises(ConfigError, match="prompt_pos"):
+        get_peft_model(tiny_point(), {"type": "vpt_deep", "prompt_pos": "yes"})
 
 
 def test_parameter_count_and_vit_uniform_init() -> None:

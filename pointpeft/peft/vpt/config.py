@@ -17,11 +17,17 @@ class VptDeepConfig(PeftConfig):
     dropout: float = 0.0  # dropout on the prompt tokens
     init: str = "auto"  # auto (uniform for ViTs, trunc_normal for points) | uniform | trunc_normal
     init_std: float = 0.02  # std of the trunc_normal init
+    # point transformers: every block's prompts carry a learnable position of their own (trunc_normal 0.02), as the
+    # point-cloud VPT-deep baseline (IDPT's PointTransformerPromptDeep: cls_prompt_pos_list); None: on for point
+    # transformers, off for ViTs (VPT's prompts join after the position embedding, with none)
+    prompt_pos: bool | None = None
 
     def validate(self) -> None:
         self.require_positive_int("num_prompts")
         self.require_probability("dropout")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
+        if self.prompt_pos is not None and not isinstance(self.prompt_pos, bool):
+            raise ValueError(f"prompt_pos must be true, false or null, got {self.prompt_pos!r}")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std!r}")

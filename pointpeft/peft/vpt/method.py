@@ -1,5 +1,7 @@
 """VPT-deep: prompt tokens in every block (appended at the end of the sequence; attention is order-free, so this
-equals VPT's insertion after CLS). The framework's TokenContext strips the last block's prompts before the final norm."""
+equals VPT's insertion after CLS). The framework's TokenContext strips the last block's prompts before the final norm.
+On point transformers the prompts carry learnable positions by default (IDPT's point VPT-deep baseline: the block
+input is ``cat(x + pos, prompt + prompt_pos)``); ViTs have none (KMnP/vpt). A block pre-hook appends them."""
 
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ class VptDeep(PeftMethod):
         area = _patch_area(model)
         if init == "auto":
             init = "uniform" if area is not None else "trunc_normal"
+        with_pos = spec.family == "point_transformer" if cfg.prompt_pos is None else cfg.prompt_pos
         for i, block in enumerate(spec.blocks):
-            prompts = BlockPrompts(cfg.num_prompts, spec.embed_dim, replaces_previous=i > 0, dropout=cfg.dropout)
+            prompts = BlockPrompts(cfg.num_prompts, spec.embed_dim, replaces_previous=i > 0, dropout=cfg.dropout,
+                                   prompt_pos=with_pos)
             if init == "uniform":
                 # VPT: uniform(-v, v), v = sqrt(6 / (3 * patch_area + dim)) (Xavier over the patch projection)
                 v = math.sqrt(6.0 / (3 * (area or 1) + spec.embed_dim))
