@@ -56,8 +56,9 @@ def test_scanobjectnn_uses_128_groups_of_32_and_modelnet_64() -> None:
             assert (cfg["model"]["num_group"], cfg["model"]["group_size"]) == (128, 32), leaf
             assert cfg["data"]["train"]["npoints"] == cfg["data"]["val"]["npoints"] == 2048, leaf
 
-    def model(path: Path):  # noqa: ANN202 - one block is enough to see the grouping
-        return build_model(dict(load_config(path, ["model.depth=1"])["model"]))
+    def model(path: Path):  # noqa: ANN202 - a narrow block is enough to see the grouping
+        small = ["model.depth=1", "model.trans_dim=32", "model.encoder_dims=32", "model.num_heads=1"]
+        return build_model(dict(load_config(path, small)["model"]))
 
     scan = model(FINETUNE / "scanobjectnn_hardest" / "full.yaml")
     mn40 = model(FINETUNE / "modelnet40" / "full.yaml")
@@ -96,7 +97,7 @@ def test_the_recipe_numbers_of_point_mae() -> None:
 
 
 def _centres(points: torch.Tensor, num_group: int = 16) -> torch.Tensor:
-    return Group(num_group, 8)(points[None])[1][0]
+    return Group(num_group, 8, backend="torch")(points[None])[1][0]
 
 
 def test_two_epochs_of_the_same_cloud_get_different_patch_centres(tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_larger_files_fps_a_pool_then_draw(tmp_path: Path) -> None:
     for d in draws:
         assert d.shape == (100, 3)
         assert torch.isin(d[:, 0], x[:, 0]).all()
-    pool = x[farthest_point_sample(x[None], 200)[0]]
+    pool = x[farthest_point_sample(x[None], 200, backend="torch")[0]]
     assert not all(torch.isin(d[:, 0], pool[:, 0]).all() for d in draws)  # the pool moves with the start
     cached = TrainResampling(100, 200, "cached")
     assert cached.keep(600) == 200 and cached.keep(150) == 150 and cached.transform.npoints_fps is None
@@ -178,3 +179,37 @@ def test_dapt_x_is_one_config_per_data_set() -> None:
         assert cfg["peft"]["type"] == "dapt" and cfg["peft"]["x_mode"] is True, leaf
         assert cfg["model"]["drop_path_rate"] == load_config(leaf.with_name("dapt.yaml"))["model"]["drop_path_rate"]
         assert build_peft_config(dict(cfg["peft"])).x_mode
+
+
+def test_full_trains_everything_and_linear_the_head_with_cls() -> None:
+    """Point-MAE's runner optimises every parameter; IDPT's ``part: only_new`` (the head-only baseline) every
+    parameter named 'cls': cls_token, cls_pos, cls_head_finetune. ViT linear probing: the head alone."""
+    from pointpeft import build_model, get_peft_model
+
+    def trainable(path: Path) -> set[str]:
+        cfg = load_config(path, ["model.type=point_mae_tiny"])
+        model = get_peft_model(build_model(dict(cfg["model"])), dict(cfg["peft"]))
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    model = build_model({"type": "point_mae_tiny", "num_classes": 40})
+    everything = {n for n, _ in model.named_parameters()}
+    for ds in REAL_3D:
+        assert trainable(FINETUNE / ds / "full.yaml") == everything
+        lin = trainable(FINETUNE / ds / "linear.yaml")
+        assert lin == {n for n in everything if n.startswith(("cls_token", "cls_pos", "cls_head_finetune"))}, lin
+    assert load_config(REPO / "cfgs/vit/cifar/linear.yaml")["peft"]["train_cls_token"] is False
+
+
+def test_head_loss_and_loader_as_the_originals() -> None:
+    """PointTransformer's cls_head_finetune on concat(CLS, max over tokens): 768-256-256-C with BN, ReLU and
+    dropout 0.5; plain cross-entropy; the training loader drops its last partial batch (not on few-shot folds)."""
+    from pointpeft import build_model
+
+    cfg = load_config(FINETUNE / "modelnet40" / "full.yaml", ["model.depth=1"])
+    head = build_model(dict(cfg["model"])).cls_head_finetune
+    linears = [m for m in head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(768, 256), (256, 256), (256, 40)]
+    assert [m.p for m in head if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    for ds in REAL_3D:
+        assert load_config(FINETUNE / ds / "full.yaml")["data"]["drop_last"] is True
+    assert load_config(REPO / "cfgs" / "fewshot" / "full.yaml")["data"].get("drop_last", "auto") == "auto"
