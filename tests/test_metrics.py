@@ -38,23 +38,23 @@ def test_three_classes_by_hand() -> None:
 
 def test_class_never_predicted_counts_as_zero_in_the_mean() -> None:
     # class 2 is in the labels but never predicted: its recall 0 enters the mean
-    target = np.array([0, 0, 1, 1, 2, 2])
-    pred = np.array([0, 0, 1, 1, 0, 1])
+    target = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 0, 0, 0, 1, 1, 0, 1])
     metrics, cm = accuracy_metrics(pred, target, 3)
     assert cm[:, 2].sum() == 0
-    assert metrics["acc"] == pytest.approx(100.0 * 4 / 6)
+    assert metrics["acc"] == pytest.approx(100.0 * 6 / 8)
     assert metrics["mean_class_acc"] == pytest.approx(100.0 * (1 + 1 + 0) / 3)
 
 
 def test_class_absent_from_the_labels_is_left_out_of_the_mean() -> None:
     # 4 classes in the head, class 3 has no sample (a 0/0 recall is not a zero): the mean is over classes 0-2;
     # a wrong prediction of class 3 still costs its sample's own class
-    target = np.array([0, 0, 1, 1, 2, 2])
-    pred = np.array([0, 3, 1, 1, 2, 2])
+    target = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 3, 0, 0, 1, 1, 2, 2])
     metrics, cm = accuracy_metrics(pred, target, 4)
     assert cm.shape == (4, 4) and cm[3].sum() == 0 and cm[0, 3] == 1
-    assert metrics["acc"] == pytest.approx(100.0 * 5 / 6)
-    assert metrics["mean_class_acc"] == pytest.approx(100.0 * (0.5 + 1 + 1) / 3)
+    assert metrics["acc"] == pytest.approx(100.0 * 7 / 8)
+    assert metrics["mean_class_acc"] == pytest.approx(100.0 * (0.75 + 1 + 1) / 3)  # not / 4 with a 0 for class 3
     assert np.isfinite(metrics["mean_class_acc"])
 
 
