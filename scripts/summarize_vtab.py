@@ -40,9 +40,13 @@ from pointpeft.data.vision.vtab import VTAB_GROUPS, VTAB_TASKS
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
 
 GROUP_TITLES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
-#: row order of the paper's table; methods not listed follow alphabetically
+#: row order of the paper's table (presentation only); methods not listed follow alphabetically
 METHOD_ORDER = ("full", "linear", "vpt_deep", "lora", "adapter", "adaptformer", "adapterx", "adapter_x",
                 "adaptformer_x")
+#: the methods a run folder may be named after: every ViT recipe (cfgs/_base_/peft/vit/<method>.yaml, the one list
+#: the config generator reads) and the row labels above ("adapter_x" is read from a config's x_mode)
+KNOWN_METHODS = tuple(dict.fromkeys([*METHOD_ORDER, *sorted(
+    p.stem for p in (Path(__file__).resolve().parents[1] / "cfgs" / "_base_" / "peft" / "vit").glob("*.yaml"))]))
 METRIC_FALLBACKS = ("acc", "test/acc", "val/acc", "test_acc", "val_acc", "top1", "acc1")
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "resolved_config.yaml")
 
@@ -133,7 +137,7 @@ def read_accuracy(results: Mapping[str, Any], metric: str, path: Path) -> float:
     raise SummaryError(f"{path}: no accuracy in 'best' (looked for {list(keys)}; found {sorted(best)})")
 
 
-def load_run(path: Path, metric: str = "acc", methods: Iterable[str] = METHOD_ORDER) -> Run:
+def load_run(path: Path, metric: str = "acc", methods: Iterable[str] = KNOWN_METHODS) -> Run:
     try:
         results = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
