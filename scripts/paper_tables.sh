@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CKPT=${CKPT:-pretrained/point_mae_pretrain.pth}
-METHODS=${METHODS:-"full linear adapterx dapt idpt vpt_deep lora adaptformer mosa mhr adaptformer_x"}
+METHODS=${METHODS:-"full linear adapterx dapt dapt_x idpt vpt_deep lora adaptformer mosa mhr adaptformer_x"}
 DATASETS=${DATASETS:-"modelnet40 scanobjectnn_objbg scanobjectnn_objonly scanobjectnn_hardest"}
 SEEDS=${SEEDS:-"0 1 2"}
 [ -f "$CKPT" ] || { echo "missing $CKPT (the official Point-MAE pretrain.pth)"; exit 1; }
