@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from pointpeft.config import Config
 from pointpeft.errors import ConfigError
-from pointpeft.models import load_backbone_weights
+from pointpeft.models import describe_backbone, load_backbone_weights
 from pointpeft.models.losses import cross_entropy
 from pointpeft.peft import get_peft_model, training_forward
 from pointpeft.registry import MODELS, TASKS
@@ -141,8 +141,6 @@ class ClassificationTask:
 
 
 def _num_classes(model: nn.Module) -> int | None:
-    from pointpeft.peft import describe_backbone
-
     try:
         return describe_backbone(unwrap(model)).describe().get("num_classes")
     except ConfigError:

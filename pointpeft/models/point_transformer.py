@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from pointpeft.models.backbone import BackboneSpec, register_backbone
 from pointpeft.models.heads import HEADS
+from pointpeft.models.pretrained import load_pretrained
 from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.registry import MODELS
@@ -184,3 +186,21 @@ def _register(name: str) -> None:
 
 for _name in ARCHITECTURES:
     _register(_name)
+
+
+@register_backbone("point_transformer", lambda model: isinstance(model, PointTransformer))
+def point_transformer_spec(model: PointTransformer) -> BackboneSpec:
+    """Point-MAE / Point-BERT transformers: official weights through :func:`load_pretrained`."""
+    tok = [model.encoder, model.pos_embed] + ([model.reduce_dim] if hasattr(model, "reduce_dim") else [])
+    return BackboneSpec(
+        model=model,
+        family="point_transformer",
+        blocks=list(model.blocks.blocks),
+        embed_dim=model.trans_dim,
+        num_heads=model.cfg.num_heads,
+        head_modules=[model.cls_head_finetune],
+        prefix_params=[model.cls_token, model.cls_pos],
+        final_norm=model.norm,
+        load_weights=load_pretrained,
+        tokenizer_modules=tok,
+    )

@@ -1,6 +1,6 @@
 """timm Vision Transformers for the 2D experiments (VTAB-1k), built by name with weights from a LOCAL file.
 
-Why a wrapper at all: the PEFT code injects into timm's own ``VisionTransformer`` (``pointpeft.peft.backbones``), so
+Why a wrapper at all: the PEFT code injects into timm's own ``VisionTransformer`` (``pointpeft.models.backbone``), so
 this module returns that class unchanged; what it adds is the config entry point (``{type: vit, name: ...}``),
 tiny CPU test presets, and a loader that never touches the network and reports what it could not match:
 
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pointpeft.errors import CheckpointError, ConfigError, InputError
+from pointpeft.models.backbone import BackboneSpec, register_backbone
 from pointpeft.models.pretrained import LoadReport, extract_state_dict, group_keys, read_checkpoint
 from pointpeft.registry import MODELS
 from pointpeft.utils.misc import get_logger
@@ -392,3 +393,32 @@ def _load_npz(model: nn.Module, p: Path, keys: list[str]) -> LoadReport:
     fmt = "big_vision_npz" if prefix.startswith("params/") or f"{prefix}pos_embedding" in keys else "jax_npz"
     return LoadReport(path=str(p), source_format=fmt, missing_keys=missing, unexpected_keys=unused,
                       loaded_keys=loaded, skipped_keys=skipped)
+
+
+def _is_timm_vit(model: nn.Module) -> bool:
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    return isinstance(model, VisionTransformer)
+
+
+@register_backbone("timm_vit", _is_timm_vit)
+def timm_vit_spec(model: nn.Module) -> BackboneSpec:
+    """timm ``VisionTransformer`` (subclasses included): local weight files through :func:`load_vit_weights`."""
+    heads: list[nn.Module | nn.Parameter] = [model.head]
+    if not isinstance(model.fc_norm, nn.Identity):
+        heads.append(model.fc_norm)
+    prefix = [p for p in (getattr(model, "cls_token", None), getattr(model, "reg_token", None)) if p is not None]
+    return BackboneSpec(
+        model=model,
+        family="timm_vit",
+        blocks=list(model.blocks),
+        embed_dim=model.embed_dim,
+        num_heads=model.blocks[0].attn.num_heads,
+        head_modules=heads,
+        prefix_params=prefix,
+        final_norm=model.norm,
+        load_weights=load_vit_weights,
+        tokenizer_modules=[model.patch_embed],
+    )

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pointpeft.models.backbone import BackboneSpec, describe_backbone
 from pointpeft.peft.attach import finish_token_context, install_token_context
 from pointpeft.peft.aux_loss import collect_aux_losses
-from pointpeft.peft.backbones import BackboneSpec, describe_backbone
 from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, method_for
 from pointpeft.utils.misc import get_logger
 from pointpeft.utils.modules import unwrap

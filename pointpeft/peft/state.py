@@ -12,7 +12,7 @@ from torch import nn
 
 import pointpeft
 from pointpeft.errors import CheckpointError, ConfigError
-from pointpeft.peft.backbones import describe_backbone
+from pointpeft.models.backbone import describe_backbone
 from pointpeft.peft.base import build_peft_config
 from pointpeft.peft.inject import get_method, get_peft_model
 from pointpeft.utils.io import atomic_write, atomic_write_json
