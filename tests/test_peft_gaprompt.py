@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,3 +224,30 @@ def test_ablations_still_train() -> None:
         train_steps(model, inputs, labels, steps=1)
         assert eval_logits(model, inputs).shape == (4, 5)
     assert not hasattr(gaprompt(shift_prompter=False), "shift_net")
+
+
+# -- the released recipes -----------------------------------------------------------------------------------------
+RELEASED = {  # cfgs/gaprompt_*.yaml, cfgs/fewshot.yaml: (point_number, perturbation, propagation, patches, epochs)
+    "finetune/modelnet40": (5, 0.05, "after_attention", 64, 300),
+    "finetune/scanobjectnn_objbg": (10, 0.2, "before_attention", 128, 300),
+    "finetune/scanobjectnn_objonly": (10, 0.1, "after_attention", 128, 300),
+    "finetune/scanobjectnn_hardest": (5, 0.8, "after_attention", 128, 300),
+    "fewshot": (10, 0.2, "after_attention", 128, 300),
+}
+
+
+@pytest.mark.parametrize("leaf", sorted(RELEASED))
+def test_leaves_carry_the_released_values(leaf: str) -> None:
+    from pointpeft.config import load_config
+    from pointpeft.peft import build_peft_config
+
+    root = Path(__file__).resolve().parents[1] / "cfgs"
+    cfg = load_config(root / leaf / "gaprompt.yaml" if leaf != "fewshot" else root / "fewshot" / "gaprompt.yaml")
+    peft = build_peft_config(dict(cfg["peft"]))
+    points, perturbation, propagation, patches, epochs = RELEASED[leaf]
+    assert (peft.point_number, peft.perturbation, peft.propagation) == (points, perturbation, propagation)
+    assert (cfg["model"].get("num_group", 64), cfg["train"]["epochs"]) == (patches, epochs)
+    assert cfg["optimizer"] == {"type": "adamw", "lr": 5e-4, "weight_decay": 0.05}
+    assert cfg["model"]["drop_path_rate"] == 0.1 and cfg["data"]["batch_size"] == 32
+    (rotate,) = cfg["data"]["train"]["transforms"]  # runner_module.py: PointcloudRotate only, about the up axis
+    assert rotate["type"] == "rotate_up" and rotate["axis"] == ("z" if "modelnet40" in leaf else "y")
