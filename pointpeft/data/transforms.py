@@ -16,6 +16,9 @@ import torch
 
 from pointpeft.errors import ConfigError
 from pointpeft.registry import TRANSFORMS
+from pointpeft.utils.misc import get_logger
+
+logger = get_logger("data")
 
 
 def _uniform(shape: Sequence[int], low: float, high: float, g: torch.Generator | None,
@@ -242,6 +245,7 @@ class TrainResampling:
                                         or npoints_fps < npoints):
             raise ConfigError(f"npoints_fps must be null or an integer >= npoints={npoints}, got {npoints_fps!r}")
         self.npoints, self.npoints_fps, self.fps_pool = npoints, npoints_fps, fps_pool
+        self._warned = False
         self.transform = None
         if npoints_fps is not None:
             self.transform = FpsResample(npoints, npoints_fps if fps_pool == "per_item" else None)
@@ -251,6 +255,11 @@ class TrainResampling:
         if self.npoints_fps is None:
             return self.npoints
         if self.fps_pool == "per_item":
+            if stored > self.npoints_fps and not self._warned:
+                self._warned = True
+                logger.warning("clouds of %d points with npoints_fps=%d: FPS runs at every fetch on the CPU (about "
+                               "40 ms per 8192-point cloud); use data.num_workers, or fps_pool: cached to run it "
+                               "once at load", stored, self.npoints_fps)
             return max(stored, self.npoints)
         return max(self.npoints, min(self.npoints_fps, stored))
 
