@@ -8,14 +8,15 @@ patch tokens only (tokens a PEFT method appends after them are never pooled).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from pointpeft.models.backbone import BackboneSpec, register_backbone
 from pointpeft.models.heads import HEADS
-from pointpeft.models.pretrained import load_pretrained
 from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.registry import MODELS
@@ -52,6 +53,25 @@ class PointTransformerConfig:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
 
+@dataclass
+class TokenizerOutput:
+    """One forward's tokenizer result, handed to the model's tokenizer hooks before the blocks run.
+
+    A hook may read it (PointGST builds its graph bases from ``centers``) or return a copy with tokens appended to
+    ``tokens`` and their position embeddings to ``pos`` (PointLoRA's selected multi-scale tokens). Appended tokens
+    are ordinary sequence tokens: they get their position before every block and are pooled with the patch tokens.
+    """
+
+    points: torch.Tensor  # (B, N, 3) the input clouds
+    centers: torch.Tensor  # (B, G, 3) the FPS centres of the G patch tokens
+    tokens: torch.Tensor  # (B, T, C) patch tokens (T = G) followed by the tokens hooks appended
+    pos: torch.Tensor  # (B, T, C) their position embeddings
+
+
+#: ``hook(model, out) -> TokenizerOutput | None`` (None keeps ``out``)
+TokenizerHook = Callable[["PointTransformer", TokenizerOutput], "TokenizerOutput | None"]
+
+
 class PointTransformer(nn.Module):
     """Tokenizer + transformer + head. Names follow the official checkpoints."""
 
@@ -74,6 +94,8 @@ class PointTransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.trans_dim)
         self.cls_head_finetune = HEADS[cfg.head](cfg.trans_dim * 2, cfg.num_classes, cfg.head_hidden,
                                                  cfg.head_dropout)
+        self._tokenizer_hooks: OrderedDict[int, TokenizerHook] = OrderedDict()
+        self._num_pooled_tokens = cfg.num_group
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -97,8 +119,10 @@ class PointTransformer(nn.Module):
     def num_patch_tokens(self) -> int:
         return self.cfg.num_group
 
-    def tokenize(self, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def tokenize(self, pts: torch.Tensor, group: Group | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Points -> (patch tokens (B, G, C), centres (B, G, 3), position embeddings (B, G, C)).
+
+        ``group`` replaces the model's own grouping (another ``num_group`` / ``group_size``: multi-scale methods).
 
         When the tokenizer is frozen (every PEFT method) nothing here needs gradients, so it runs under no_grad
         and backward stops at the first block.
@@ -108,15 +132,31 @@ class PointTransformer(nn.Module):
             tok_params += list(self.reduce_dim.parameters())
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tok_params)
         with torch.set_grad_enabled(needs_grad):
-            neighborhood, center = self.group_divider(as_param_dtype(pts, self.encoder))
+            neighborhood, center = (group or self.group_divider)(as_param_dtype(pts, self.encoder))
             tokens = self.encoder(neighborhood)
             if hasattr(self, "reduce_dim"):
                 tokens = self.reduce_dim(tokens)
             pos = self.pos_embed(center)
         return tokens, center, pos
 
+    def register_tokenizer_hook(self, hook: TokenizerHook) -> RemovableHandle:
+        """Run ``hook(model, out: TokenizerOutput)`` after :meth:`tokenize` in every forward, in registration order.
+
+        The extension point for methods that need the patch centres or the input clouds inside the blocks, or that
+        add tokens of their own before the first block (see :class:`TokenizerOutput`).
+        """
+        handle = RemovableHandle(self._tokenizer_hooks)
+        self._tokenizer_hooks[handle.id] = hook
+        return handle
+
     def forward_features(self, pts: torch.Tensor) -> torch.Tensor:
-        tokens, _, pos = self.tokenize(pts)
+        tokens, center, pos = self.tokenize(pts)
+        if self._tokenizer_hooks:
+            out = TokenizerOutput(points=pts, centers=center, tokens=tokens, pos=pos)
+            for hook in list(self._tokenizer_hooks.values()):
+                out = hook(self, out) or out
+            tokens, pos = out.tokens, out.pos
+        self._num_pooled_tokens = tokens.shape[1]
         B = tokens.shape[0]
         x = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(B, -1, -1), pos], dim=1)
@@ -124,8 +164,9 @@ class PointTransformer(nn.Module):
         return self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """concat(CLS, max over the G patch tokens) — prompt tokens after them are excluded."""
-        g = self.num_patch_tokens
+        """concat(CLS, max over the patch tokens and the tokens tokenizer hooks appended) — prompt tokens that
+        methods append inside the blocks come after them and are excluded."""
+        g = self._num_pooled_tokens
         return torch.cat([x[:, 0], x[:, 1 : 1 + g].max(dim=1).values], dim=-1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -186,21 +227,3 @@ def _register(name: str) -> None:
 
 for _name in ARCHITECTURES:
     _register(_name)
-
-
-@register_backbone("point_transformer", lambda model: isinstance(model, PointTransformer))
-def point_transformer_spec(model: PointTransformer) -> BackboneSpec:
-    """Point-MAE / Point-BERT transformers: official weights through :func:`load_pretrained`."""
-    tok = [model.encoder, model.pos_embed] + ([model.reduce_dim] if hasattr(model, "reduce_dim") else [])
-    return BackboneSpec(
-        model=model,
-        family="point_transformer",
-        blocks=list(model.blocks.blocks),
-        embed_dim=model.trans_dim,
-        num_heads=model.cfg.num_heads,
-        head_modules=[model.cls_head_finetune],
-        prefix_params=[model.cls_token, model.cls_pos],
-        final_norm=model.norm,
-        load_weights=load_pretrained,
-        tokenizer_modules=tok,
-    )
