@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from pointpeft.models.backbone import BackboneSpec, register_backbone
 from pointpeft.models.heads import HEADS
+from pointpeft.models.pretrained import load_pretrained
 from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.registry import MODELS
@@ -123,7 +125,6 @@ class PointTransformer(nn.Module):
         """Points -> (patch tokens (B, G, C), centres (B, G, 3), position embeddings (B, G, C)).
 
         ``group`` replaces the model's own grouping (another ``num_group`` / ``group_size``: multi-scale methods).
-
         When the tokenizer is frozen (every PEFT method) nothing here needs gradients, so it runs under no_grad
         and backward stops at the first block.
         """
@@ -227,3 +228,21 @@ def _register(name: str) -> None:
 
 for _name in ARCHITECTURES:
     _register(_name)
+
+
+@register_backbone("point_transformer", lambda model: isinstance(model, PointTransformer))
+def point_transformer_spec(model: PointTransformer) -> BackboneSpec:
+    """Point-MAE / Point-BERT transformers: official weights through :func:`load_pretrained`."""
+    tok = [model.encoder, model.pos_embed] + ([model.reduce_dim] if hasattr(model, "reduce_dim") else [])
+    return BackboneSpec(
+        model=model,
+        family="point_transformer",
+        blocks=list(model.blocks.blocks),
+        embed_dim=model.trans_dim,
+        num_heads=model.cfg.num_heads,
+        head_modules=[model.cls_head_finetune],
+        prefix_params=[model.cls_token, model.cls_pos],
+        final_norm=model.norm,
+        load_weights=load_pretrained,
+        tokenizer_modules=tok,
+    )

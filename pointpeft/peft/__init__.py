@@ -4,6 +4,7 @@
 One sub-package (or module) per method, each registering itself in ``pointpeft.registry.PEFT_METHODS``.
 """
 
+from pointpeft.models.backbone import BackboneSpec, describe_backbone
 from pointpeft.peft import (
     adapter,  # noqa: F401  (registers adapter, adaptformer)
     adapterx,  # noqa: F401  (registers adapterx)
@@ -18,7 +19,6 @@ from pointpeft.peft import (
     vpt,  # noqa: F401  (registers vpt_deep)
 )
 from pointpeft.peft.aux_loss import AuxLossMixin, collect_aux_losses
-from pointpeft.peft.backbones import BackboneSpec, describe_backbone
 from pointpeft.peft.base import PeftConfig, PeftMethod, build_peft_config, register_method
 from pointpeft.peft.inject import get_method, get_peft_model, is_peft_model, training_forward
 from pointpeft.peft.state import (
