@@ -36,16 +36,31 @@ def test_adapter_is_sequential_after_the_ffn() -> None:
         torch.testing.assert_close(a(f), a.up(torch.nn.functional.gelu(a.down(f))))
 
 
-def test_adaptformer_is_parallel_and_scaled() -> None:
+def test_adaptformer_reads_the_residual_stream_and_is_scaled() -> None:
+    """ShoufaChen/AdaptFormer: ``adapt_x = adaptmlp(x)`` on the post-attention stream, added after the FFN."""
     model = get_peft_model(build_backbone("vit"), {"type": "adaptformer"})
+    block = model.blocks[1]
+    a = block.mlp.peft_adapter
+    assert a.dropout.p == 0.1 and a.norm_in is None  # released: dropout 0.1, no adapter LayerNorm
+    _randomise(a)
+    x = torch.randn(2, 5, 192)
+    block.eval()
+    with torch.no_grad():
+        h = x + block.ls1(block.attn(block.norm1(x)))
+        torch.testing.assert_close(block(x), h + block.ls2(block.mlp(block.norm2(h))) + a(h))
+        torch.testing.assert_close(a(h), 0.1 * a.up(torch.relu(a.down(h))))
+    assert not a.scale.requires_grad and "scale" not in dict(a.named_parameters())
+
+
+def test_adaptformer_ffn_input_option_is_parallel_on_the_normed_input() -> None:
+    model = get_peft_model(build_backbone("vit"), {"type": "adaptformer", "attach": "ffn_input"})
     mlp = model.blocks[1].mlp
     a = mlp.peft_adapter
     _randomise(a)
     x = torch.randn(2, 5, 192)
+    mlp.eval()  # dropout 0.1
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), _ffn(mlp, x) + a(x))
-        torch.testing.assert_close(a(x), 0.1 * a.up(torch.relu(a.down(x))))
-    assert not a.scale.requires_grad and "scale" not in dict(a.named_parameters())
 
 
 def test_parameter_count_and_zero_init() -> None:
@@ -75,3 +90,8 @@ def test_bad_values_name_the_field(cfg: dict, field: str) -> None:
     for name in ("adapter", "adaptformer"):
         with pytest.raises(ConfigError, match=field):
             get_peft_model(tiny_point(), {"type": name, **cfg})
+
+
+def test_adaptformer_attach_value_is_checked() -> None:
+    with pytest.raises(ConfigError, match="attach"):
+        get_peft_model(tiny_point(), {"type": "adaptformer", "attach": "after"})

@@ -8,12 +8,13 @@ from torch import nn
 
 from pointpeft.peft.adapter.config import AdapterConfig, AdaptFormerConfig
 from pointpeft.peft.adapter.layers import Bottleneck
-from pointpeft.peft.adapterx.method import attach_smoa, x_trainable_modules
+from pointpeft.peft.adapter.placement import attach_residual_branch
+from pointpeft.peft.adapterx.method import ExpertUsageRecords, attach_smoa, x_trainable_modules
 from pointpeft.peft.attach import attach_adapter
 from pointpeft.peft.base import PeftMethod
 
 
-class Adapter(PeftMethod):
+class Adapter(ExpertUsageRecords, PeftMethod):
     """Houlsby-style adapter after the FFN (sequential): ``y = ffn(x) + adapter(ffn(x))``."""
 
     name = "adapter"
@@ -47,7 +48,11 @@ class Adapter(PeftMethod):
             adapter = Bottleneck(spec.embed_dim, cfg.r, cfg.dropout, cfg.scale, cfg.learnable_scale, cfg.layernorm,
                                  cfg.activation)
             ref = block.mlp.fc1.weight  # the backbone's device and dtype
-            attach_adapter(block.mlp, adapter.to(ref.device, ref.dtype), self.position)
+            adapter = adapter.to(ref.device, ref.dtype)
+            if getattr(cfg, "attach", None) == "residual":
+                attach_residual_branch(block, adapter, block.mlp, "peft_adapter")
+            else:
+                attach_adapter(block.mlp, adapter, self.position)
 
     def trainable_modules(self, model: nn.Module, spec: Any) -> list[nn.Module | nn.Parameter]:
         parts = super().trainable_modules(model, spec)
@@ -55,7 +60,8 @@ class Adapter(PeftMethod):
 
 
 class AdaptFormer(Adapter):
-    """AdaptFormer: a scaled bottleneck in parallel with the FFN on its input: ``y = ffn(x) + s * adapter(x)``."""
+    """AdaptFormer: a scaled bottleneck in parallel with the FFN, reading the residual stream (``attach: residual``)
+    or the FFN's normed input (``attach: ffn_input``); the -X variant's SMoA sits beside the FFN on its input."""
 
     name = "adaptformer"
     config_class = AdaptFormerConfig

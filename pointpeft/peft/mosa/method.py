@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointpeft.errors import ConfigError
-from pointpeft.peft.attach import add_block_hooks, attach_adapter, detach_adapter
+from pointpeft.peft.adapter.placement import attach_residual_branch
+from pointpeft.peft.attach import attach_adapter, detach_adapter
 from pointpeft.peft.aux_loss import collect_aux_losses
 from pointpeft.peft.base import PeftMethod
 from pointpeft.peft.mosa.config import MosaConfig
@@ -39,22 +40,6 @@ def sparse_adapters(model: nn.Module) -> list[SparseAdapter]:
 def mosa_adapters(model: nn.Module) -> list[MosaAdapter]:
     """The expert-split adapters (styles adaptformer / pfeiffer) of a model."""
     return [m for m in unwrap(model).modules() if isinstance(m, MosaAdapter)]
-
-
-class _ResidualBranch:
-    """AdaptFormer placement: the adapter reads the FFN's pre-norm input (norm2's input) and its output is added to
-    the block's output, outside the FFN's drop-path (AdaptFormer / MoSA ``x = adpt * s + ffn(x); x = x + h``)."""
-
-    def __init__(self, block: nn.Module) -> None:
-        self.block = block
-        self.stash: torch.Tensor | None = None
-
-    def save_input(self, module: nn.Module, args: tuple) -> None:
-        self.stash = args[0]
-
-    def add_output(self, block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        x, self.stash = self.stash, None  # drop the graph reference at once (copies and pickles stay clean)
-        return output + block.peft_mosa(x)
 
 
 class Mosa(PeftMethod):
@@ -92,10 +77,7 @@ class Mosa(PeftMethod):
             if cfg.style == "pfeiffer":  # on the FFN output, before the residual
                 attach_adapter(block.mlp, adapter, "sequential")
                 continue
-            block.add_module("peft_mosa", adapter)
-            branch = _ResidualBranch(block)
-            block.norm2.register_forward_pre_hook(branch.save_input)
-            add_block_hooks(block, post=branch.add_output)
+            attach_residual_branch(block, adapter, block, "peft_mosa")  # AdaptFormer's placement
 
     def training_forward(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Two forwards with independently drawn routes; the first's logits, plus the weighted symmetric KL."""
