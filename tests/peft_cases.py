@@ -35,6 +35,9 @@ BACKBONES = ("point", "vit")
 #: config overrides for the matrix, by method name (merged over ``{"type": name}``)
 MATRIX_CONFIGS: dict[str, dict[str, Any]] = {
     "pointgst": {"local": 8},  # local graphs must divide the tiny tokenizer's 16 patches (released: 32 of 64/128)
+    # token selection at scales the 64-point test clouds can hold (released: top 32 of 128 x 32, top 8 of 64 x 64)
+    "pointlora": {"scales": [{"num_group": 16, "group_size": 8, "top_k": 4, "loss_weight": 1.0},
+                             {"num_group": 8, "group_size": 16, "top_k": 2, "loss_weight": 0.25}]},
 }
 #: backbone weights no PEFT method may ever train (attention, FFN, tokenizer), as name fragments
 CORE_WEIGHTS = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight", "encoder.",
@@ -85,6 +88,17 @@ def make_batch(kind: str, batch: int = 4, seed: int = 123) -> tuple[torch.Tensor
 
 def registered_methods() -> list[str]:
     return sorted(PEFT_METHODS.keys())
+
+
+#: test backbone kind -> its ``BackboneSpec.family``
+FAMILIES = {"point": "point_transformer", "vit": "timm_vit"}
+
+
+def supports(config: dict[str, Any], kind: str) -> bool:
+    """Whether the method injects into this backbone kind (its ``families``; None: all). The others must refuse it
+    with a ConfigError (tests/test_init_output.py)."""
+    families = getattr(method_for(build_peft_config(config)), "families", None)
+    return families is None or FAMILIES[kind] in families
 
 
 def method_config(name: str, **overrides: Any) -> dict[str, Any]:

@@ -61,6 +61,9 @@ class PeftMethod:
     config_class: ClassVar[type[PeftConfig]] = PeftConfig
     #: ``merge`` folds the method into the backbone's weights (LoRA, MoSA...).
     mergeable: ClassVar[bool] = False
+    #: backbone families (``BackboneSpec.family``) the method injects into; None: every family. A method that needs
+    #: what only some backbones have (PointGST's patch centres) refuses the others with a ConfigError.
+    families: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: PeftConfig) -> None:
         self.config = config
