@@ -1,4 +1,5 @@
-"""IDPT: EdgeConv (kNN in feature space) prompt module; the prompt depends on the instance, not on token order."""
+"""IDPT: the official model's logits (an independent reference forward); EdgeConv (kNN in feature space) prompt
+module; the prompt depends on the instance, not on token order; prompt_pos is fixed and travels with the adapter."""
 
 from __future__ import annotations
 
@@ -14,10 +15,83 @@ from peft_cases import (
 )
 
 from pointpeft.errors import ConfigError
-from pointpeft.peft import describe_backbone, get_peft_model
+from pointpeft.peft import describe_backbone, get_peft_model, load_adapter, save_adapter
 from pointpeft.peft.idpt import DynamicPromptModule, edge_features, knn_indices
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+#: IDPT's cls_type values as pools: all (its default and three of its four configs), promptonly (OBJ_BG), pointcls
+CLS_TYPES = {"all": ["cls", "prompt_mean", "patch_max"], "promptonly": ["prompt_mean"],
+             "pointcls": ["cls", "patch_max"]}
+
+
+def _perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        prompter = describe_backbone(model).blocks[-1].peft_prompt
+        prompter.prompt_pos.add_(torch.randn(prompter.prompt_pos.shape, generator=g))
+    return model
+
+
+@torch.no_grad()
+def idpt_reference(model: torch.nn.Module, pts: torch.Tensor, cls_type: str) -> torch.Tensor:
+    """What zyh16143998882/ICCV23-IDPT models/Point_MAE.py ``PointTransformer.forward`` computes (eval mode, prompt
+    layer 11 = the last block): the position embedding before every block; before the last block the prompt module
+    reads the patch tokens of the previous block's output (no position added), the prompt is inserted after CLS
+    with ``prompt_pos``; the head reads ``cls_type``'s features of ``[CLS, prompt, patches]``."""
+    neighborhood, center = model.group_divider(pts)
+    tokens = model.encoder(neighborhood)
+    B = tokens.shape[0]
+    x = torch.cat([model.cls_token.expand(B, -1, -1), tokens], dim=1)
+    pos = torch.cat([model.cls_pos.expand(B, -1, -1), model.pos_embed(center)], dim=1)
+    blocks = model.blocks.blocks
+    for i, blk in enumerate(blocks):
+        if i == len(blocks) - 1:
+            prompter = blk.peft_prompt
+            prompt = prompter.module(x[:, 1:])
+            x = torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
+            pos = torch.cat([pos[:, :1], prompter.prompt_pos.expand(B, -1, -1), pos[:, 1:]], dim=1)
+        x = blk.forward(x + pos)  # the plain block, without the framework's hooks
+    x = model.norm(x)
+    feats = {"all": [x[:, 0], x[:, 1], x[:, 2:].max(dim=1).values], "promptonly": [x[:, 1]],
+             "pointcls": [x[:, 0], x[:, 2:].max(dim=1).values]}[cls_type]
+    return model.cls_head_finetune(torch.cat(feats, dim=-1))
+
+
+@pytest.mark.parametrize("cls_type", sorted(CLS_TYPES))
+def test_logits_equal_the_official_forward(cls_type: str) -> None:
+    cfg = {"type": "idpt", "k": 4} if cls_type == "all" else {"type": "idpt", "k": 4, "pool": CLS_TYPES[cls_type]}
+    model = get_peft_model(build_backbone("point"), cfg)
+    inputs, labels = make_batch("point")
+    train_steps(model, inputs, labels, steps=1)  # the prompt module's BatchNorm statistics see data
+    _perturbed(model)
+    torch.testing.assert_close(eval_logits(model, inputs), idpt_reference(model, inputs, cls_type), rtol=1e-4,
+                               atol=1e-4)
+    width = {"all": 3, "promptonly": 1, "pointcls": 2}[cls_type]
+    assert model.cls_head_finetune[0].in_features == width * describe_backbone(model).embed_dim
+
+
+def test_prompt_pos_is_fixed_saved_and_restored(tmp_path) -> None:
+    """The original's optimiser never updates prompt_pos (only ``cls`` names train): a fixed random buffer here,
+    which the adapter file carries; ``train_prompt_pos: true`` makes it a trained parameter."""
+    model = get_peft_model(build_backbone("point"), "idpt")
+    prompter = describe_backbone(model).blocks[-1].peft_prompt
+    assert "prompt_pos" not in dict(model.named_parameters(recurse=True)).keys()
+    before = prompter.prompt_pos.clone()
+    inputs, labels = make_batch("point")
+    train_steps(model, inputs, labels, steps=2)
+    assert torch.equal(prompter.prompt_pos, before) and before.abs().max() > 0
+    expected = eval_logits(model, inputs)
+    save_adapter(model, tmp_path)
+    fresh = build_backbone("point")
+    torch.manual_seed(99)  # a different random prompt_pos at injection; the file's must win
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(eval_logits(fresh, inputs), expected, rtol=0, atol=1e-6)
+    trained = get_peft_model(build_backbone("point"), {"type": "idpt", "train_prompt_pos": True})
+    assert describe_backbone(trained).blocks[-1].peft_prompt.prompt_pos.requires_grad
 
 
 def _capture_prompts(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

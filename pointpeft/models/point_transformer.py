@@ -3,13 +3,13 @@
 ``build_point_transformer('point_mae', num_classes=40)`` has exactly the 174 state-dict entries and 22,099,752
 parameters of the released Point-MAE fine-tune model. The interface follows timm: ``forward_features`` returns
 the normalised token sequence ``(B, 1 + G [+ prompts], C)``; ``forward_head`` pools CLS and the max over the G
-patch tokens only (tokens a PEFT method appends after them are never pooled).
+patch tokens by default (``pool``: tokens a PEFT method appends after them are read only by the ``prompt_*`` pools).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -22,6 +22,33 @@ from pointpeft.models.pretrained import load_pretrained
 from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.registry import MODELS
+
+
+def _prompts(x: torch.Tensor, g: int) -> torch.Tensor:
+    if x.shape[1] <= 1 + g:
+        raise ValueError("pooling reads prompt tokens, but the sequence has none after the CLS and patch tokens "
+                         "(only a PEFT method that keeps its prompts, e.g. dapt or idpt, provides them)")
+    return x[:, 1 + g:]
+
+
+#: Pooled features for the head, by name: ``x`` is (B, 1 + G [+ prompts], C), CLS first, the G patch tokens, then
+#: any prompt tokens a PEFT method keeps. DAPT's ``class_token``/``prompt_token``/``patch_token`` and IDPT's
+#: ``cls_type`` are lists of these.
+POOLS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "cls": lambda x, g: x[:, 0],
+    "patch_max": lambda x, g: x[:, 1 : 1 + g].max(dim=1).values,
+    "patch_mean": lambda x, g: x[:, 1 : 1 + g].mean(dim=1),
+    "prompt_mean": lambda x, g: _prompts(x, g).mean(dim=1),
+    "prompt_max": lambda x, g: _prompts(x, g).max(dim=1).values,
+}
+DEFAULT_POOL = ("cls", "patch_max")  # Point-MAE's head input: concat(CLS, max over patches)
+
+
+def check_pool(pool: Sequence[str]) -> None:
+    """ValueError naming ``pool`` unless it is a non-empty list of distinct :data:`POOLS` names."""
+    if (isinstance(pool, str) or not isinstance(pool, Sequence) or not pool or len(set(pool)) != len(pool)
+            or any(p not in POOLS for p in pool)):
+        raise ValueError(f"pool must be a non-empty list of distinct names from {sorted(POOLS)}, got {pool!r}")
 
 
 @dataclass
@@ -42,6 +69,8 @@ class PointTransformerConfig:
     head_dropout: float = 0.5
     reduce_dim: bool = False  # Point-BERT: Linear(encoder_dims -> trans_dim) after the Encoder
     fps_backend: str = "auto"
+    pos_every_block: bool = True  # Point-MAE adds the position embedding before every block; false: once (DAPT)
+    pool: list[str] = field(default_factory=lambda: list(DEFAULT_POOL))  # head input, concatenated (POOLS)
     extra: dict = field(default_factory=dict)  # free-form notes carried into saved configs
 
     def __post_init__(self) -> None:
@@ -53,6 +82,7 @@ class PointTransformerConfig:
             raise ValueError("encoder_dims must equal trans_dim unless reduce_dim is true")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        check_pool(self.pool)
 
 
 @dataclass
@@ -92,18 +122,18 @@ class PointTransformer(nn.Module):
         self.cls_pos = nn.Parameter(torch.randn(1, 1, cfg.trans_dim))
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, cfg.trans_dim))
         self.blocks = TransformerEncoder(cfg.trans_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
-                                         drop_path_rate=cfg.drop_path_rate)
+                                         drop_path_rate=cfg.drop_path_rate, pos_every_block=cfg.pos_every_block)
         self.norm = nn.LayerNorm(cfg.trans_dim)
-        self.cls_head_finetune = HEADS[cfg.head](cfg.trans_dim * 2, cfg.num_classes, cfg.head_hidden,
-                                                 cfg.head_dropout)
+        self.cls_head_finetune = self._new_head(cfg.num_classes)
         self._tokenizer_hooks: OrderedDict[int, TokenizerHook] = OrderedDict()
         self._num_pooled_tokens = cfg.num_group
         self._init_weights()
 
-    def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.cls_pos, std=0.02)
-        for m in self.modules():
+    def _init_weights(self, root: nn.Module | None = None) -> None:
+        if root is None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            nn.init.trunc_normal_(self.cls_pos, std=0.02)
+        for m in (root or self).modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
@@ -165,10 +195,11 @@ class PointTransformer(nn.Module):
         return self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """concat(CLS, max over the patch tokens and the tokens tokenizer hooks appended) — prompt tokens that
-        methods append inside the blocks come after them and are excluded."""
+        """The ``cfg.pool`` features concatenated (default: CLS, max over the patch tokens and the tokens tokenizer
+        hooks appended). Prompt tokens that methods append inside the blocks come after them; only the
+        ``prompt_*`` features read them (see :data:`POOLS`)."""
         g = self._num_pooled_tokens
-        return torch.cat([x[:, 0], x[:, 1 : 1 + g].max(dim=1).values], dim=-1)
+        return torch.cat([POOLS[name](x, g) for name in self.cfg.pool], dim=-1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         feats = self.pool(x)
@@ -183,8 +214,32 @@ class PointTransformer(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.cfg.num_classes = num_classes
         self.num_classes = num_classes
-        self.cls_head_finetune = HEADS[self.cfg.head](self.trans_dim * 2, num_classes, self.cfg.head_hidden,
-                                                      self.cfg.head_dropout)
+        self.cls_head_finetune = self._new_head(num_classes)
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        return HEADS[self.cfg.head](self.trans_dim * len(self.cfg.pool), num_classes, self.cfg.head_hidden,
+                                    self.cfg.head_dropout)
+
+    def set_pool(self, pool: Sequence[str]) -> bool:
+        """Pool ``pool`` (:data:`POOLS` names) for the head; when the head's input width changes, the head is built
+        anew (randomly initialised) inside the same ``cls_head_finetune`` container. Returns whether it did."""
+        check_pool(pool)
+        width_changed = len(pool) != len(self.cfg.pool)
+        self.cfg.pool = list(pool)
+        if width_changed:
+            ref = next(self.cls_head_finetune.parameters())
+            fresh = self._new_head(self.num_classes).to(ref.device, ref.dtype)
+            self._init_weights(fresh)
+            for name in list(self.cls_head_finetune._modules):
+                del self.cls_head_finetune._modules[name]
+            for name, child in fresh.named_children():
+                self.cls_head_finetune.add_module(name, child)
+        return width_changed
+
+    def set_pos_every_block(self, every_block: bool) -> None:
+        """Add the position embedding before every block (Point-MAE) or once, before block 0 (DAPT)."""
+        self.cfg.pos_every_block = bool(every_block)
+        self.blocks.pos_every_block = bool(every_block)
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "cls_pos"}

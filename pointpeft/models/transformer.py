@@ -5,6 +5,8 @@ Point-MAE, Point-BERT and timm ViTs share these names, so PEFT methods find the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +41,9 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
+
+#: ``hook(x, pos) -> (x, pos)`` run before a block adds the position embedding (see TransformerEncoder).
+TokenHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 #: Longest sequence for which CPU low-precision training uses the two-GEMM attention (see :func:`attention`).
 GEMM_ATTENTION_MAX_TOKENS = 192
@@ -98,24 +103,41 @@ class Block(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """Point-MAE's encoder: the position embedding is added before every block.
+    """Point-MAE's encoder: the position embedding is added before every block (``pos_every_block``, the default);
+    ``pos_every_block = False`` adds it once, before block 0, as DAPT's encoder does (a PEFT method sets it).
 
     PEFT methods may append tokens (prompts) at the end of the sequence inside a block; they get a zero position
-    embedding here, so token order and the original tokens' positions are untouched.
+    embedding here, so token order and the original tokens' positions are untouched. A token hook
+    (:meth:`register_token_hook`) sees the tokens entering a block *before* the position embedding is added and may
+    append tokens together with positions of their own (IDPT's prompt and ``prompt_pos``).
     """
 
     def __init__(self, embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
                  qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float | list[float] = 0.0) -> None:
+                 drop_path_rate: float | list[float] = 0.0, pos_every_block: bool = True) -> None:
         super().__init__()
         dpr = drop_path_rate if isinstance(drop_path_rate, list) else [
             x.item() for x in torch.linspace(0, drop_path_rate, depth)]
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i]) for i in range(depth)
         ])
+        self.pos_every_block = pos_every_block
+        self._token_hooks: dict[int, list[TokenHook]] = {}
+
+    def register_token_hook(self, index: int, hook: TokenHook) -> None:
+        """Run ``hook(x, pos) -> (x, pos)`` before block ``index`` (negative: from the end) adds the position
+        embedding; tokens appended to ``x`` with positions appended to ``pos`` keep them in every later block."""
+        if not -len(self.blocks) <= index < len(self.blocks):
+            raise IndexError(f"token hook index {index} is outside the {len(self.blocks)} blocks")
+        self._token_hooks.setdefault(index % len(self.blocks), []).append(hook)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            for hook in self._token_hooks.get(i, ()):
+                x, pos = hook(x, pos)
+            if not (self.pos_every_block or i == 0):
+                x = block(x)
+                continue
             extra = x.shape[1] - pos.shape[1]
             if extra > 0:
                 pos = F.pad(pos, (0, 0, 0, extra))

@@ -21,6 +21,8 @@ from pointpeft.peft.aux_loss import collect_aux_losses
 from pointpeft.registry import PEFT_METHODS
 from pointpeft.utils.modules import unwrap
 
+FROZEN_BN_MODES = ("train", "eval")
+
 
 @dataclass
 class PeftConfig:
@@ -30,8 +32,14 @@ class PeftConfig:
     train_head: bool = True  # the classification head (and its BatchNorm statistics) trains
     train_cls_token: bool = True  # CLS token (and cls_pos for point transformers) train, as in DAPT/IDPT
     modules_to_save: list[str] = field(default_factory=list)  # extra module/parameter names to train and save
+    # frozen BatchNorms (the tokenizer's) in train(): "train" normalises with batch statistics and updates the
+    # running ones, as the originals' base_model.train() does (the statistics then travel with the adapter file);
+    # "eval" keeps them in eval mode with the pretrained statistics
+    frozen_bn: str = "train"
 
     def __post_init__(self) -> None:
+        if self.frozen_bn not in FROZEN_BN_MODES:
+            raise ValueError(f"frozen_bn must be one of {list(FROZEN_BN_MODES)}, got {self.frozen_bn!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -61,6 +69,9 @@ class PeftMethod:
     config_class: ClassVar[type[PeftConfig]] = PeftConfig
     #: ``merge`` folds the method into the backbone's weights (LoRA, MoSA...).
     mergeable: ClassVar[bool] = False
+    #: prompt tokens the method appends stay in the sequence after the last block (the head pools them, e.g.
+    #: DAPT's prompt mean); otherwise get_peft_model strips them there.
+    keeps_tokens: ClassVar[bool] = False
     #: backbone families (``BackboneSpec.family``) the method injects into; None: every family. A method that needs
     #: what only some backbones have (PointGST's patch centres) refuses the others with a ConfigError.
     families: ClassVar[tuple[str, ...] | None] = None
@@ -81,6 +92,11 @@ class PeftMethod:
         for name in self.config.modules_to_save:
             parts.append(spec.lookup(name))
         return parts
+
+    def state_modules(self, model: nn.Module, spec: Any) -> list[nn.Module]:
+        """Modules without trainable parameters whose buffers still travel with the adapter file (a fixed random
+        tensor the method made, e.g. IDPT's untrained ``prompt_pos``). Default: none."""
+        return []
 
     def training_forward(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training forward: logits and the method's weighted auxiliary losses (load balance, consistency)."""

@@ -28,7 +28,8 @@ def get_method(model: nn.Module) -> PeftMethod | None:
 
 
 class _PeftTrain:
-    """``model.train()`` that keeps frozen normalisation layers in eval mode (their statistics never update).
+    """``model.train()`` that keeps frozen BatchNorms in eval mode (their statistics never update) when the PEFT
+    config says ``frozen_bn: eval``; with ``train`` (the originals' ``base_model.train()``) they follow the model.
 
     A small callable object rather than a function bound with types.MethodType: pickle rebuilds bound methods by
     name (``getattr(model, "_peft_train")``), which failed, so PEFT models could be pickled but not unpickled.
@@ -39,7 +40,7 @@ class _PeftTrain:
 
     def __call__(self, mode: bool = True) -> nn.Module:
         nn.Module.train(self.model, mode)
-        if mode:
+        if mode and self.model.peft_config.frozen_bn == "eval":
             for m in self.model._peft_frozen_norms:
                 m.eval()
         return self.model
@@ -56,7 +57,7 @@ def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | st
         p.requires_grad_(False)
     ctx = install_token_context(spec.blocks) if getattr(method, "adds_tokens", False) else None
     method.inject(model, spec)
-    if ctx is not None:
+    if ctx is not None and not getattr(method, "keeps_tokens", False):
         finish_token_context(spec.blocks, ctx)
     for part in method.trainable_modules(model, spec):
         params = [part] if isinstance(part, nn.Parameter) else list(part.parameters())
@@ -68,6 +69,10 @@ def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | st
         m for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
     ]
+    # buffers saved with the adapter beyond those of training modules: the statistics of frozen BatchNorms that
+    # update them (frozen_bn: train), and what the method names
+    model._peft_state_modules = [*(model._peft_frozen_norms if cfg.frozen_bn == "train" else []),
+                                 *method.state_modules(model, spec)]
     model.train = _PeftTrain(model)
     model.train(model.training)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

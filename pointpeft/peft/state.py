@@ -41,15 +41,17 @@ def print_trainable_parameters(model: nn.Module) -> str:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable tensors plus the buffers of modules that train (e.g. the head's BatchNorm statistics)."""
+    """Trainable tensors plus the buffers of modules that train (e.g. the head's BatchNorm statistics) and of the
+    PEFT model's state modules (frozen BatchNorms that update their statistics, ``frozen_bn: train``)."""
     model = unwrap(model)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    state_modules = {id(m) for m in getattr(model, "_peft_state_modules", ())}
     out: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
         if id(p) in trainable:
             out[name] = p.detach()
     for mod_name, m in model.named_modules():
-        if any(id(p) in trainable for p in m.parameters(recurse=False)):
+        if id(m) in state_modules or any(id(p) in trainable for p in m.parameters(recurse=False)):
             for b_name, b in m.named_buffers(recurse=False):
                 if b_name not in m._non_persistent_buffers_set:
                     out[f"{mod_name}.{b_name}" if mod_name else b_name] = b.detach()
@@ -132,14 +134,24 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         if own[k].shape != v.shape:
             raise CheckpointError(f"{wpath}: {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
     expected = set(adapter_state_dict(inner))
-    missing = sorted(expected - set(tensors))
+    statistics = _frozen_bn_statistics(inner)
+    missing = sorted(expected - set(tensors) - statistics)
     if missing:
         raise CheckpointError(f"{wpath}: adapter lacks {len(missing)} trainable tensor(s), e.g. {missing[:3]}")
+    if statistics - set(tensors):  # a file written before frozen_bn existed: trained with the frozen statistics
+        log.warning("%s holds no statistics of the frozen BatchNorms; the base model's are kept", wpath)
     with torch.no_grad():
         for k, v in tensors.items():
             own[k].copy_(v.to(own[k].dtype))
     log.info("loaded adapter %s (%d tensors) from %s", cfg.type, len(tensors), directory)
     return model
+
+
+def _frozen_bn_statistics(model: nn.Module) -> set[str]:
+    """State-dict names of the buffers of frozen BatchNorms (saved with ``frozen_bn: train``)."""
+    frozen = {id(m) for m in getattr(model, "_peft_frozen_norms", ())}
+    return {f"{n}.{b}" for n, m in model.named_modules() if id(m) in frozen
+            for b, _ in m.named_buffers(recurse=False) if b not in m._non_persistent_buffers_set}
 
 
 def merge(model: nn.Module) -> nn.Module:

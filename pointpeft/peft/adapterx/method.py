@@ -30,10 +30,11 @@ def build_smoa_pool(embed_dim: int, opts: XOptions, family: str = "timm_vit") ->
 
 
 def attach_smoa(model: nn.Module, spec: Any, opts: XOptions, position: str | None = None,
-                target: str = "mlp") -> list[SMoABlock]:
+                target: str = "mlp", last_block_prompt: bool = False) -> list[SMoABlock]:
     """Install the shared SMoA (+ prompt generators) into every block; returns the per-block handles.
 
-    ``position`` overrides ``opts.position``; ``target`` is the block child the SMoA runs beside (the FFN).
+    ``position`` overrides ``opts.position``; ``target`` is the block child the SMoA runs beside (the FFN);
+    ``last_block_prompt`` gives the last block a prompt generator too (for a head that pools the prompts: DAPT-X).
     The caller's ``trainable_modules`` should add :func:`x_trainable_modules` (the block norms).
     """
     if hasattr(model, SMOA_ATTR):
@@ -44,7 +45,8 @@ def attach_smoa(model: nn.Module, spec: Any, opts: XOptions, position: str | Non
     model.add_module(SMOA_ATTR, pool)
     handles = []
     for i, block in enumerate(spec.blocks):
-        handle = SMoABlock(pool, i, resolved, prompt=resolved.prompt_generator and i < spec.depth - 1)
+        handle = SMoABlock(pool, i, resolved,
+                           prompt=resolved.prompt_generator and (last_block_prompt or i < spec.depth - 1))
         handle.to(ref.device, ref.dtype)
         attach_adapter(getattr(block, target), handle, position or resolved.position)
         if handle.prompt_generator is not None:
