@@ -15,7 +15,7 @@ from pointpeft.config import Config
 from pointpeft.errors import ConfigError
 from pointpeft.models import describe_backbone, load_backbone_weights
 from pointpeft.models.losses import cross_entropy
-from pointpeft.peft import get_peft_model, training_forward
+from pointpeft.peft import get_method, get_peft_model, training_forward
 from pointpeft.registry import MODELS, TASKS
 from pointpeft.utils.misc import get_logger
 from pointpeft.utils.modules import device_of, unwrap
@@ -127,16 +127,17 @@ class ClassificationTask:
         return loss, logs
 
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        """Accuracy and mean-class accuracy; the confusion matrix and expert usage go to ``self.extras``."""
-        usage_api = _usage_api(model)
-        if usage_api:
-            usage_api[1](unwrap(model))
+        """Accuracy and mean-class accuracy; the confusion matrix and the PEFT method's evaluation records (e.g.
+        Adapter-X's expert usage) go to ``self.extras``."""
+        method = get_method(model)
+        if method is not None:
+            method.start_evaluation(unwrap(model))
         pred, target, _ = predict(model, loader, autocast=self.autocast)
         n = _num_classes(model) or int(max(pred.max(), target.max()) + 1)
         metrics, cm = accuracy_metrics(pred, target, n)
         self.extras = {"confusion_matrix": cm.tolist()}
-        if usage_api:
-            self.extras["expert_usage"] = usage_api[0](unwrap(model)).tolist()
+        if method is not None:
+            self.extras.update(method.evaluation_records(unwrap(model)))
         return metrics
 
 
@@ -146,13 +147,3 @@ def _num_classes(model: nn.Module) -> int | None:
     except ConfigError:
         return None
 
-
-def _usage_api(model: nn.Module) -> tuple[Any, Any] | None:
-    """(expert_usage, reset_expert_usage) when the model has an SMoA, else None."""
-    from pointpeft.peft.adapterx.method import expert_usage, reset_expert_usage, smoa_blocks
-
-    try:
-        smoa_blocks(model)
-    except ValueError:
-        return None
-    return expert_usage, reset_expert_usage

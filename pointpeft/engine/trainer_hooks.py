@@ -1,4 +1,4 @@
-"""Trainer hooks: what happens around the loop without being the loop (progress, TensorBoard, expert usage).
+"""Trainer hooks: what happens around the loop without being the loop (progress, TensorBoard).
 
 A hook overrides any of ``before_train``, ``before_epoch``, ``after_step``, ``after_epoch`` and ``after_train``;
 each receives the trainer. Hooks run on rank 0 only.
@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from pointpeft.peft import get_method
 from pointpeft.utils.misc import get_logger
 
 log = get_logger("engine")
@@ -69,7 +70,7 @@ class ProgressHook(Hook):
 
 
 class TensorBoardHook(Hook):
-    """Scalars under ``<run>/tb``: step losses and lr, epoch metrics, expert usage per block."""
+    """Scalars under ``<run>/tb``: step losses and lr, epoch metrics, and the PEFT method's evaluation scalars."""
 
     def __init__(self, logdir: str | os.PathLike, every: int) -> None:
         self.logdir = str(logdir)
@@ -96,11 +97,10 @@ class TensorBoardHook(Hook):
         for k, v in row.items():
             if isinstance(v, (int, float)) and k != "epoch":
                 self.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
-        usage = trainer.task_extras.get("expert_usage")
-        if usage:
-            for b, row_usage in enumerate(usage):
-                for e, frac in enumerate(row_usage):
-                    self.writer.add_scalar(f"experts/block{b}/expert{e}", frac, row["epoch"])
+        method = get_method(trainer.model)
+        if method is not None:  # what the PEFT method draws from its evaluation records (Adapter-X: expert usage)
+            for tag, value in method.record_scalars(trainer.task_extras).items():
+                self.writer.add_scalar(tag, value, row["epoch"])
         self.writer.flush()
 
     def after_train(self, trainer: Any) -> None:

@@ -76,6 +76,16 @@ class PeftMethod:
     #: what only some backbones have (PointGST's patch centres) refuses the others with a ConfigError.
     families: ClassVar[tuple[str, ...] | None] = None
 
+    #: prompt tokens are appended inside the blocks: get_peft_model records the backbone's own token count at the
+    #: first block (and, unless ``keeps_tokens``, strips the prompts after the last one). A property may compute it.
+    adds_tokens: ClassVar[bool] = False
+    #: the injected model computes exactly the base model's function at initialisation (zero-initialised up
+    #: projections); the shared PEFT tests check it for every method that declares it.
+    zero_init_output: ClassVar[bool] = False
+    #: dotted-name suffixes of existing backbone parameters the method trains (e.g. Adapter-X's block norms
+    #: ``norm2.weight``); everything else of the backbone stays frozen, which the shared PEFT tests check.
+    trains_backbone: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, config: PeftConfig) -> None:
         self.config = config
 
@@ -109,6 +119,19 @@ class PeftMethod:
         The engine's optimiser builder puts each distinct option set in its own param group, so a method can give
         e.g. its routing logits their original learning rate without the engine knowing the method. Default: none.
         """
+        return {}
+
+    def start_evaluation(self, model: nn.Module) -> None:
+        """Called by the engine before every evaluation pass, e.g. to reset what :meth:`evaluation_records`
+        counts (Adapter-X's expert usage). Default: nothing."""
+
+    def evaluation_records(self, model: nn.Module) -> dict[str, Any]:
+        """JSON-able records of the evaluation pass just run, saved in results.json beside the metrics (Adapter-X:
+        ``expert_usage``, blocks x experts). The engine stores them without knowing what they are. Default: none."""
+        return {}
+
+    def record_scalars(self, records: Mapping[str, Any]) -> dict[str, float]:
+        """TensorBoard scalars (tag -> value) drawn from :meth:`evaluation_records`'s output. Default: none."""
         return {}
 
     def merge(self, model: nn.Module, spec: Any) -> None:

@@ -55,9 +55,9 @@ def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | st
     method = method_for(cfg)
     for p in model.parameters():
         p.requires_grad_(False)
-    ctx = install_token_context(spec.blocks) if getattr(method, "adds_tokens", False) else None
+    ctx = install_token_context(spec.blocks) if method.adds_tokens else None
     method.inject(model, spec)
-    if ctx is not None and not getattr(method, "keeps_tokens", False):
+    if ctx is not None and not method.keeps_tokens:
         finish_token_context(spec.blocks, ctx)
     for part in method.trainable_modules(model, spec):
         params = [part] if isinstance(part, nn.Parameter) else list(part.parameters())

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import pointpeft
+from pointpeft import __version__
 from pointpeft.errors import CheckpointError, ConfigError
 from pointpeft.models.backbone import describe_backbone
 from pointpeft.peft.base import build_peft_config
@@ -75,7 +75,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict[str
         "base_model": describe_backbone(model).describe(),
         "num_tensors": len(tensors),
         "num_parameters": int(sum(v.numel() for v in tensors.values())),
-        "pointpeft_version": pointpeft.__version__,
+        "pointpeft_version": __version__,
         **(extra or {}),
     }
     atomic_write_json(directory / ADAPTER_CONFIG, meta)

@@ -10,6 +10,7 @@ after the last block), so it could never influence anything.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -64,7 +65,29 @@ def x_trainable_modules(spec: Any, opts: XOptions) -> list[nn.Module]:
     return [block.norm2 for block in spec.blocks] if opts.train_block_norm else []
 
 
-class AdapterX(PeftMethod):
+class ExpertUsageRecords:
+    """The evaluation extension points of every method that may carry an SMoA (Adapter-X and the ``x_mode``
+    variants): each evaluation counts expert usage from zero and records it as ``expert_usage`` (per block, the
+    fraction of sub-tokens each expert took); TensorBoard gets one scalar per block and expert."""
+
+    def start_evaluation(self, model: nn.Module) -> None:
+        if _has_smoa(model):
+            reset_expert_usage(model)
+
+    def evaluation_records(self, model: nn.Module) -> dict[str, Any]:
+        return {"expert_usage": expert_usage(model).tolist()} if _has_smoa(model) else {}
+
+    def record_scalars(self, records: Mapping[str, Any]) -> dict[str, float]:
+        usage = records.get("expert_usage") or []
+        return {f"experts/block{b}/expert{e}": float(frac)
+                for b, row in enumerate(usage) for e, frac in enumerate(row)}
+
+
+def _has_smoa(model: nn.Module) -> bool:
+    return any(isinstance(m, SMoABlock) for m in unwrap(model).modules())
+
+
+class AdapterX(ExpertUsageRecords, PeftMethod):
     """Adapter-X: shared SMoA beside every FFN, a prompt generator per block, trainable block norm2."""
 
     name = "adapterx"

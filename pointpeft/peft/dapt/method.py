@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from pointpeft.peft.adapterx.method import attach_smoa, x_trainable_modules
+from pointpeft.peft.adapterx.method import ExpertUsageRecords, attach_smoa, x_trainable_modules
 from pointpeft.peft.attach import add_block_hooks, attach_adapter
 from pointpeft.peft.base import PeftMethod
 from pointpeft.peft.dapt.config import DaptConfig
@@ -58,7 +58,7 @@ def _out_features(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.normalized_shape[-1]
 
 
-class Dapt(PeftMethod):
+class Dapt(ExpertUsageRecords, PeftMethod):
     """Dynamic Adapter + Prompt Tuning (DAPT), or DAPT-X with ``x_mode: true``."""
 
     name = "dapt"
