@@ -36,8 +36,8 @@ def test_norms_tokens_and_plain_linear_weights() -> None:
     reasons = no_decay_reason(model)
     ln = next(n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm))
     assert decay[f"{ln}.weight"] == 0.0 and reasons[f"{ln}.weight"] == "norm"
-    assert decay["cls_token"] == 0.0 and decay["cls_pos"] == 0.0  # (1, 1, D) tokens the model lists
-    assert reasons["cls_pos"] == "listed"
+    assert decay["cls_token"] == 0.0 and reasons["cls_token"] == "listed"  # the (1, 1, D) token the model lists
+    assert decay["cls_pos"] == 0.05  # Point-MAE's add_weight_decay decays cls_pos (no 'token' in its name)
     fc = next(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     assert decay[f"{fc}.weight"] == 0.05 and f"{fc}.weight" not in reasons
     assert decay[f"{fc}.bias"] == 0.0

@@ -242,7 +242,8 @@ class PointTransformer(nn.Module):
         self.blocks.pos_every_block = bool(every_block)
 
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "cls_pos"}
+        """Point-MAE / DAPT / IDPT ``add_weight_decay``: names containing ``token`` are not decayed; ``cls_pos`` is."""
+        return {"cls_token"}
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
