@@ -102,6 +102,8 @@ class TokenizerOutput:
 
 #: ``hook(model, out) -> TokenizerOutput | None`` (None keeps ``out``)
 TokenizerHook = Callable[["PointTransformer", TokenizerOutput], "TokenizerOutput | None"]
+#: ``hook(model, pts) -> pts | None``: the cloud (B, N, 3) before grouping; may move points or add some (None keeps it)
+PointHook = Callable[["PointTransformer", torch.Tensor], "torch.Tensor | None"]
 
 
 class PointTransformer(nn.Module):
@@ -126,6 +128,7 @@ class PointTransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.trans_dim)
         self.cls_head_finetune = self._new_head(cfg.num_classes)
         self._tokenizer_hooks: OrderedDict[int, TokenizerHook] = OrderedDict()
+        self._point_hooks: OrderedDict[int, PointHook] = OrderedDict()
         self._num_pooled_tokens = cfg.num_group
         self._init_weights()
 
@@ -155,13 +158,19 @@ class PointTransformer(nn.Module):
         """Points -> (patch tokens (B, G, C), centres (B, G, 3), position embeddings (B, G, C)).
 
         ``group`` replaces the model's own grouping (another ``num_group`` / ``group_size``: multi-scale methods).
-        When the tokenizer is frozen (every PEFT method) nothing here needs gradients, so it runs under no_grad
-        and backward stops at the first block.
+
+        Point hooks (:meth:`register_point_hook`) run first. When the tokenizer is frozen (every PEFT method) and
+        the cloud needs no gradient, nothing here does, so it runs under no_grad and backward stops at the first
+        block; a cloud that needs gradients (trainable point prompts) gets them through the frozen tokenizer.
         """
+        for hook in list(getattr(self, "_point_hooks", {}).values()):
+            moved = hook(self, pts)
+            pts = pts if moved is None else moved
         tok_params = [*self.encoder.parameters(), *self.pos_embed.parameters()]
         if hasattr(self, "reduce_dim"):
             tok_params += list(self.reduce_dim.parameters())
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tok_params)
+        needs_grad = torch.is_grad_enabled() and (
+            any(p.requires_grad for p in tok_params) or (isinstance(pts, torch.Tensor) and pts.requires_grad))
         with torch.set_grad_enabled(needs_grad):
             neighborhood, center = (group or self.group_divider)(as_param_dtype(pts, self.encoder))
             tokens = self.encoder(neighborhood)
@@ -169,6 +178,17 @@ class PointTransformer(nn.Module):
                 tokens = self.reduce_dim(tokens)
             pos = self.pos_embed(center)
         return tokens, center, pos
+
+    def register_point_hook(self, hook: PointHook) -> RemovableHandle:
+        """Extension point "points before the tokenizer": ``hook(model, pts) -> pts | None`` runs on every input
+        cloud (B, N, 3) before grouping, in registration order (GAPrompt's point shift and point prompts; None keeps
+        the cloud). Gradients of the returned cloud flow back through the frozen tokenizer (see :meth:`tokenize`).
+        """
+        if not hasattr(self, "_point_hooks"):
+            self._point_hooks = OrderedDict()
+        handle = RemovableHandle(self._point_hooks)
+        self._point_hooks[handle.id] = hook
+        return handle
 
     def register_tokenizer_hook(self, hook: TokenizerHook) -> RemovableHandle:
         """Run ``hook(model, out: TokenizerOutput)`` after :meth:`tokenize` in every forward, in registration order.

@@ -10,6 +10,7 @@ from pointpeft.peft import (
     adapterx,  # noqa: F401  (registers adapterx)
     dapt,  # noqa: F401  (registers dapt)
     full,  # noqa: F401  (registers full, linear)
+    gaprompt,  # noqa: F401  (registers gaprompt)
     idpt,  # noqa: F401  (registers idpt)
     lora,  # noqa: F401  (registers lora)
     mhr,  # noqa: F401  (registers mhr)

@@ -112,14 +112,17 @@ class GAPrompt(PeftMethod):
     """Point prompts, point shift prompter, token prompts with the shape code, prompt propagation, adapters."""
 
     name = "gaprompt"
+    families = ("point_transformer",)  # PeftMethod.families: the cloud and the patch centres it needs
     config_class = GAPromptConfig
     zero_init_output = False  # the shift, adapters and new head change the output from the first step
+    #: backbone families it injects into: point prompts need a 3D cloud, propagation the patch centres
+    families = ("point_transformer",)
 
     def inject(self, model: nn.Module, spec: Any) -> None:
         if spec.family != "point_transformer":
             raise ConfigError(
-                f"peft method 'gaprompt' needs a point transformer, got a {spec.family}: its point prompts and point "
-                "shift act on the 3D input cloud and its prompt propagation on the patch centres, which a ViT lacks")
+                f"peft method 'gaprompt' needs a point transformer, not a {spec.family}\n(its point prompts and point "
+                "shift act on the 3D input cloud and its prompt propagation on the patch centres, which a ViT lacks)")
         cfg: GAPromptConfig = self.config
         ref = model.cls_token  # the backbone's device and dtype
         D, arch = spec.embed_dim, model.cfg
