@@ -236,3 +236,26 @@ def test_pool_refused_clearly_where_the_backbone_has_no_pooling_option() -> None
     with pytest.raises(ConfigError, match="train_head"):
         get_peft_model(build_backbone("point"), {"type": "dapt", "pool": ["cls", "prompt_mean", "patch_max"],
                                                  "train_head": False})
+
+
+#: DAPT's released cfgs/finetune_*_dapt.yaml: (rank, drop_adapter_rate, drop_path_rate, head pooling)
+RELEASED = {"modelnet40": (72, 0.0, 0.1, None), "scanobjectnn_hardest": (64, 0.2, 0.3, OFFICIAL_POOLS[1]),
+            "scanobjectnn_objbg": (64, 0.5, 0.3, OFFICIAL_POOLS[1]),
+            "scanobjectnn_objonly": (64, 0.0, 0.1, OFFICIAL_POOLS[2])}
+
+
+@pytest.mark.parametrize("data_set", sorted(RELEASED))
+def test_shipped_leaves_carry_the_released_per_data_set_values(data_set: str) -> None:
+    """DAPT's leaves carry its configs' values; DAPT-X keeps DAPT's drop path and dropout with the 2-wide head (the
+    paper's 1.88% budget)."""
+    from pathlib import Path
+
+    from pointpeft.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "cfgs" / "finetune" / data_set
+    r, dropout, drop_path, pool = RELEASED[data_set]
+    dapt, dapt_x = load_config(root / "dapt.yaml"), load_config(root / "dapt_x.yaml")
+    assert (dapt["peft"]["r"], dapt["peft"]["dropout"], dapt["model"]["drop_path_rate"]) == (r, dropout, drop_path)
+    assert dapt["peft"].get("pool") == pool
+    assert dapt_x["peft"]["x_mode"] is True and dapt_x["peft"].get("pool") is None
+    assert (dapt_x["peft"]["dropout"], dapt_x["model"]["drop_path_rate"]) == (dropout, drop_path)

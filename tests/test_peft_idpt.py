@@ -166,3 +166,20 @@ def test_k_larger_than_the_tokens_is_capped_and_prompt_layer_checked() -> None:
         get_peft_model(build_backbone("point"), {"type": "idpt", "prompt_layer": 5})
     with pytest.raises(ConfigError, match="k must"):
         get_peft_model(build_backbone("point"), {"type": "idpt", "k": 0})
+
+
+@pytest.mark.parametrize("data_set", ["modelnet40", "scanobjectnn_hardest", "scanobjectnn_objbg",
+                                      "scanobjectnn_objonly"])
+def test_shipped_leaves_carry_the_released_per_data_set_values(data_set: str) -> None:
+    """IDPT's cfgs: cls_type all except OBJ_BG (promptonly); its runner rotates ScanObjectNN clouds about y instead
+    of scaling and translating them."""
+    from pathlib import Path
+
+    from pointpeft.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "cfgs" / "finetune" / data_set / "idpt.yaml")
+    assert cfg["peft"].get("pool") == (CLS_TYPES["promptonly"] if data_set == "scanobjectnn_objbg" else None)
+    expected = ([{"type": "rotate_up", "axis": "y", "max_degrees": 180}] if data_set.startswith("scan")
+                else [{"type": "scale_translate"}])
+    assert cfg["data"]["train"]["transforms"] == expected
+    assert cfg["model"]["drop_path_rate"] == 0.1
