@@ -22,13 +22,15 @@ def make_inputs(batch: int, npoints: int, num_classes: int, device: torch.device
     return x.to(device), y.to(device)
 
 
-def build_peft(model_name: str, method: str, device: torch.device, num_classes: int = 40) -> torch.nn.Module:
+def build_peft(model_name: str, method: str, device: torch.device, num_classes: int = 40,
+               peft_overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A point transformer with ``method`` applied (``backbone``: none), its config's defaults plus ``peft_overrides``."""
     from pointpeft.models import build_point_transformer
     from pointpeft.peft import get_peft_model
 
     model = build_point_transformer(model_name, num_classes=num_classes)
     if method != "backbone":
-        model = get_peft_model(model, {"type": method})
+        model = get_peft_model(model, {"type": method, **(peft_overrides or {})})
     return model.to(device)
 
 

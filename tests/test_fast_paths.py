@@ -108,3 +108,81 @@ def test_chunked_inference_matches_one_pass():
     assert torch.allclose(chunked, whole, atol=1e-6)
     enc.train()  # batch statistics couple the groups: never chunked
     assert enc._needs_full_batch()
+
+
+# -- Adapter-X expert dispatch: grouped GEMM vs the sorted per-expert loop -----------------------------------------
+def _adapterx_pair(router: str, bottleneck: int):
+    """Two copies of a tiny Adapter-X model with random adapter weights: grouped dispatch and loop dispatch."""
+    from pointpeft.peft import get_peft_model
+    from pointpeft.peft.adapterx import smoa_blocks
+
+    torch.manual_seed(0)
+    model = get_peft_model(build_point_transformer("point_mae_tiny", num_classes=5),
+                           {"type": "adapterx", "router": router, "num_experts": 6, "bottleneck": bottleneck})
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad and "peft" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    loop = copy.deepcopy(model)
+    smoa_blocks(model)[0].pool.experts.dispatch = "grouped"
+    smoa_blocks(loop)[0].pool.experts.dispatch = "loop"
+    return model, loop
+
+
+@pytest.mark.parametrize("router", ["shared", "per_block"])
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("bottleneck", [8, 5])  # 5: hidden width padded to the 16-byte rows of the grouped GEMM
+def test_grouped_expert_dispatch_matches_loop_train_and_eval(router, batch, bottleneck):
+    from pointpeft.peft import training_forward
+    from pointpeft.peft.adapterx import expert_usage, routing_choices
+
+    torch.set_num_threads(1)
+    grouped, loop = _adapterx_pair(router, bottleneck)
+    x = torch.rand(batch, 128, 3, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(batch) % 5
+    grads = []
+    for model in (grouped, loop):
+        model.train()
+        for m in model.modules():  # batch 1: BatchNorm of the head cannot train on one sample
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and batch == 1:
+                m.eval()
+        torch.manual_seed(3)  # the same dropout masks in both
+        logits, aux = training_forward(model, x)
+        loss = torch.nn.functional.cross_entropy(logits, y) + sum(aux.values())
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        grads[-1]["logits"], grads[-1]["aux"] = logits.detach(), sum(aux.values()).detach()
+    for a, b in zip(routing_choices(grouped).values(), routing_choices(loop).values(), strict=True):
+        assert torch.equal(a, b)
+    for name in grads[1]:
+        assert grads[1][name].abs().sum() > 0 or "head" in name, f"{name}: no gradient reached it"
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    for model in (grouped, loop):
+        model.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(grouped(x), loop(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(expert_usage(grouped), expert_usage(loop))
+
+
+def test_grouped_dispatch_keeps_no_d_wide_copy_for_backward():
+    """The loop's autograd keeps two d-wide copies of the sub-tokens per block beside the router's input (the
+    sorted rows for the down GEMMs, the expert output for ``index_copy``); the grouped node keeps neither."""
+    pool = _adapterx_pair("shared", 8)[0].peft_smoa
+    n, d = 64 * pool.num_heads, pool.sub_dim
+    x = torch.randn(4, 16, d * pool.num_heads, requires_grad=True)
+
+    def saved_bytes(dispatch):
+        pool.experts.dispatch = dispatch
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            pool(x).out.sum().backward()
+        params = {p.untyped_storage().data_ptr() for p in pool.parameters()}
+        return sum(v for k, v in storages.items() if k not in params)
+
+    assert saved_bytes("loop") - saved_bytes("grouped") >= 1.5 * n * d * 4

@@ -29,7 +29,7 @@ def bench_inference(plan: Plan, methods: list[str], device: torch.device) -> dic
             try:
                 pm = build_peft(model_name, m, device)
                 pm.load_state_dict(base.state_dict(), strict=False)  # same backbone weights
-                _perturb_trainable(pm)
+                perturb_trainable(pm)
                 pm.eval()
                 if getattr(PEFT_METHODS.get(m), "mergeable", False):
                     merge(pm)
@@ -58,7 +58,7 @@ def bench_inference(plan: Plan, methods: list[str], device: torch.device) -> dic
     return {"rows": rows}
 
 
-def _perturb_trainable(model: torch.nn.Module) -> None:
+def perturb_trainable(model: torch.nn.Module) -> None:
     """Give zero-initialised adapter weights non-zero values (a merged LoRA must fold something real)."""
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():

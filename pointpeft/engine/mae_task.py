@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pointpeft.config import Config, build_dataclass
+from pointpeft.engine.probe import PROBE_SOLVERS, linear_probe_accuracy, probe_due
 from pointpeft.errors import ConfigError
 from pointpeft.models.mae import PointMAE, export_pretrain_checkpoint
 from pointpeft.ops.chamfer import chamfer_l2
@@ -43,11 +44,12 @@ PROBE_METHODS = ("svm", "logreg", "none")
 class ProbeOptions:
     """Linear probe on frozen pooled encoder features (concat of max and mean over the patch tokens)."""
 
-    method: str = "svm"  # svm: sklearn LinearSVC (Point-MAE/Point-BERT's SVM) | logreg | none
+    method: str = "svm"  # svm: linear SVM, LinearSVC's objective (Point-MAE/Point-BERT's SVM) | logreg | none
+    solver: str = "torch"  # torch: L-BFGS on all threads, seconds (pointpeft.engine.probe) | sklearn: LinearSVC etc.
     C: float = 1.0  # inverse regularisation strength of the SVM / logistic regression
     standardize: bool = True  # z-score the features (fit on the probe's train split) before the linear model
     max_iter: int = 5000
-    every: int = 1  # probe at every n-th evaluation (the probe's feature pass costs a forward over both splits)
+    every: int = 1  # probe after every n-th epoch and the last (the feature pass is a forward over both splits)
     train: dict | None = None  # data set node of the probe's train split; default: data.train without transforms
     test: dict | None = None  # data set node of the probe's test split; default: the evaluation data set
     batch_size: int | None = None  # feature-extraction batch size; default: data.batch_size
@@ -59,6 +61,8 @@ class ProbeOptions:
             raise ValueError(f"probe.C must be > 0, got {self.C}")
         if self.every < 1:
             raise ValueError(f"probe.every must be >= 1, got {self.every}")
+        if self.solver not in PROBE_SOLVERS:
+            raise ValueError(f"probe.solver must be one of {list(PROBE_SOLVERS)}, got {self.solver!r}")
 
 
 @dataclass
@@ -96,35 +100,6 @@ def extract_features(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, 
     finally:
         core.train(was_training)
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
-
-
-def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                          method: str = "svm", C: float = 1.0, standardize: bool = True,
-                          max_iter: int = 5000) -> float:
-    """Test accuracy (%) of a linear classifier fit on the train features: LinearSVC (``svm``) or logistic
-    regression (``logreg``), optionally after z-scoring with the train split's statistics."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
-    if method == "svm":
-        clf = LinearSVC(C=C, max_iter=max_iter)
-    elif method == "logreg":
-        clf = LogisticRegression(C=C, max_iter=max_iter)
-    else:
-        raise ConfigError(f"linear probe method must be 'svm' or 'logreg', got {method!r}")
-    if len(np.unique(train_y)) < 2:
-        raise ConfigError(f"linear probe: the probe's train split has {len(np.unique(train_y))} class(es); "
-                          "it needs labelled data with at least 2 classes")
-    model = make_pipeline(StandardScaler(), clf) if standardize else clf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(train_x, train_y)
-    return float((model.predict(test_x) == test_y).mean() * 100.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,17 +207,19 @@ class MAEPretrainTask:
         train_loader, test_loader = self._probe_loaders
         tx, ty = extract_features(model, train_loader)
         vx, vy = extract_features(model, test_loader)
+        t_fit = time.perf_counter()
         acc = linear_probe_accuracy(tx, ty, vx, vy, self.probe.method, self.probe.C, self.probe.standardize,
-                                    self.probe.max_iter)
-        log.info("linear probe (%s, C=%g) on %d train / %d test features: %.2f%% (%.1f s)", self.probe.method,
-                 self.probe.C, len(ty), len(vy), acc, time.perf_counter() - t0)
+                                    self.probe.max_iter, self.probe.solver)
+        log.info("linear probe (%s, %s solver, C=%g) on %d train / %d test features: %.2f%% (features %.1f s, "
+                 "fit %.1f s)", self.probe.method, self.probe.solver, self.probe.C, len(ty), len(vy), acc,
+                 t_fit - t0, time.perf_counter() - t_fit)
         return {"probe_acc": acc}
 
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         """``cd_l2`` (main metric, lower is better), ``loss`` and, when a probe is configured, ``probe_acc``."""
         metrics = self.chamfer_eval(model, loader)
         self._num_evals += 1
-        if self.probe is not None and (self._num_evals - 1) % self.probe.every == 0:
+        if self.probe is not None and probe_due(self.epoch, self.probe.every, self._total_epochs(), self._num_evals):
             metrics.update(self.probe_eval(model, loader))
         self.last_metric = metrics["cd_l2"]
         if metrics["cd_l2"] < self.best_metric:
@@ -250,6 +227,10 @@ class MAEPretrainTask:
             self.best_epoch = self.epoch
             self._best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         return metrics
+
+    def _total_epochs(self) -> int | None:
+        epochs = (self.cfg.get("train") or {}).get("epochs")
+        return int(epochs) if epochs is not None else None
 
     # -- export --------------------------------------------------------------------------------------------
     def export(self, model: nn.Module, run_dir: str | Path, epoch: int) -> list[Path]:

@@ -10,11 +10,16 @@ Class API (reused by DAPT-X and the ``x_mode`` of adapter/adaptformer):
   :class:`PromptGenerator`; records routing choices / usage; produces the Switch load-balancing loss.
 * :func:`switch_balance_loss` — ``E * sum_e f_e * P_e`` (Switch Transformer, eq. 4).
 
-Dispatch is vectorised: sub-tokens are sorted by their expert and each expert runs once on its contiguous slice
-(a loop over experts, never over tokens). Measured fwd+bwd on CPU for the 3D sizes (B=32, T=76 tokens, 2 heads ->
-4,864 sub-tokens of width 192, 16 experts, r=20), 1 thread / 2 threads on a busy machine: sorted loop 17 / 36 ms,
-dense compute of every expert with a one-hot mask 40 / 77 ms, per-token gathered expert weights + bmm 212 / 890 ms.
-The sorted loop is kept (one host sync per block for the split sizes).
+Dispatch (:class:`ExpertPool`): sub-tokens are sorted by their expert and every expert's rows are one group of a
+grouped GEMM (``torch._grouped_mm`` over the (E, d, r) weights with int32 group offsets): one call for all down
+projections, one for all up projections (the up bias rides along as an extra hidden column holding the gate), no
+Python loop over experts and no host sync. Training runs it as one autograd node (:class:`_GroupedExperts`) that
+saves only the block input (shared with the router's saved input), the r-wide pre-activation and the gate, and
+recomputes the sorted copy and the GELU in backward. Where the grouped GEMM does not apply (float64, widths that are
+not a multiple of 16 bytes, a device whose kernel refuses the dtype) the sorted per-expert loop runs instead
+(``dispatch: loop``, also the reference the tests compare against). Measured on the AMD EPYC (AVX2) machine, 1
+thread, experts only: 140 sub-tokens (batch 1) 0.45 ms grouped vs 1.28 ms loop; 4,864 (batch 32) equal;
+benchmarks/README.md has the whole-model numbers.
 """
 
 from __future__ import annotations
@@ -29,11 +34,119 @@ from torch import nn
 from pointpeft.peft.adapterx.config import XOptions
 from pointpeft.peft.aux_loss import AuxLossMixin
 
+DISPATCH_MODES = ("auto", "grouped", "loop")
+_GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_grouped_ok: dict[tuple[str, torch.dtype], bool] = {}  # (device type, dtype) -> the grouped GEMM ran and agreed
+
+
+def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` runs on ``device`` in ``dtype`` and agrees with per-group matmuls (checked once
+    per device type and dtype on a tiny case: CUDA kernels refuse some dtypes on some GPUs)."""
+    key = (device.type, dtype)
+    if key not in _grouped_ok:
+        ok = False
+        if dtype in _GROUPED_DTYPES and hasattr(torch, "_grouped_mm"):
+            try:
+                g = torch.Generator().manual_seed(0)
+                a = torch.randn(12, 8, generator=g).to(device, dtype)
+                w = torch.randn(3, 8, 4, generator=g).to(device, dtype)
+                offs = torch.tensor([5, 5, 12], dtype=torch.int32, device=device)
+                ref = torch.cat([a[:5] @ w[0], a[5:] @ w[2]])
+                ok = bool(torch.allclose(torch._grouped_mm(a, w, offs=offs).float(), ref.float(), atol=1e-2))
+            except (RuntimeError, NotImplementedError, TypeError):
+                ok = False
+        _grouped_ok[key] = ok
+    return _grouped_ok[key]
+
+
+def _aligned(n: int, dtype: torch.dtype) -> bool:
+    """Grouped-GEMM operands need row strides that are a multiple of 16 bytes."""
+    return (n * torch.empty((), dtype=dtype).element_size()) % 16 == 0
+
+
+def _round_up(n: int, dtype: torch.dtype) -> int:
+    step = 16 // torch.empty((), dtype=dtype).element_size()
+    return -(-n // step) * step
+
+
+def _grouped_forward(x: torch.Tensor, order: torch.Tensor, sidx: torch.Tensor, offs: torch.Tensor,
+                     g: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor, wu_aug: torch.Tensor,
+                     mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted rows -> grouped down GEMM -> GELU (x dropout mask) x gate -> grouped up GEMM (bias via the gate column)
+    -> rows back in their original order. Returns (output (N, d), pre-activation (N, rp))."""
+    a = torch._grouped_mm(x.index_select(0, order), wd, offs=offs)
+    a += bd.index_select(0, sidx)
+    hg = _gated_hidden(_masked_gelu(a, mask), g, wu_aug.shape[1])
+    ys = torch._grouped_mm(hg, wu_aug, offs=offs)
+    return torch.empty_like(ys).index_copy_(0, order, ys), a
+
+
+def _masked_gelu(a: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    h = F.gelu(a)
+    return h.mul_(mask) if mask is not None else h
+
+
+def _gated_hidden(h: torch.Tensor, g: torch.Tensor, width: int) -> torch.Tensor:
+    """[h * g, g, 0...] (N, width): the up GEMM's input; its gate column multiplies the up bias row."""
+    n, rp = h.shape
+    hg = h.new_zeros(n, width)
+    torch.mul(h, g.unsqueeze(1), out=hg[:, :rp])
+    hg[:, rp] = g
+    return hg
+
+
+class _GroupedExperts(torch.autograd.Function):
+    """The grouped expert computation as one autograd node with a hand-written backward.
+
+    Saved: the unsorted input (the same storage the router's projection saves), the pre-activation (N, rp), the gate,
+    the order and offsets; the sorted copy of the input and the GELU are recomputed in backward, so no d-wide
+    tensor is kept beyond the input itself (autograd kept three: the sorted input, the expert output for
+    ``index_copy`` and the router's input).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, g: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor,
+                wu_aug: torch.Tensor, order: torch.Tensor, sidx: torch.Tensor, offs: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        out, a = _grouped_forward(x, order, sidx, offs, g, wd, bd, wu_aug, mask)
+        ctx.save_for_backward(x, g, wd, wu_aug, order, sidx, offs, a, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, g, wd, wu_aug, order, sidx, offs, a, mask = ctx.saved_tensors
+        rp = a.shape[1]
+        gy = grad_out.contiguous().index_select(0, order)  # (N, d), sorted like the rows
+        h = _masked_gelu(a, mask)
+        hg = _gated_hidden(h, g, wu_aug.shape[1])
+        grad_wu = torch._grouped_mm(hg.t(), gy, offs=offs) if ctx.needs_input_grad[4] else None
+        grad_hg = torch._grouped_mm(gy, wu_aug.transpose(1, 2), offs=offs)  # (N, width)
+        grad_g = grad_hg[:, rp] + (grad_hg[:, :rp] * h).sum(1)
+        grad_h = grad_hg[:, :rp] * g.unsqueeze(1)
+        if mask is not None:
+            grad_h *= mask
+        grad_a = torch.ops.aten.gelu_backward(grad_h, a)
+        grad_wd = grad_bd = None
+        if ctx.needs_input_grad[2]:
+            grad_wd = torch._grouped_mm(x.index_select(0, order).t(), grad_a, offs=offs)
+        if ctx.needs_input_grad[3]:
+            grad_bd = grad_a.new_zeros(wd.shape[0], rp).index_add_(0, sidx, grad_a)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            gxs = torch._grouped_mm(grad_a, wd.transpose(1, 2), offs=offs)
+            grad_x = torch.empty_like(gxs).index_copy_(0, order, gxs)
+        return grad_x, grad_g if ctx.needs_input_grad[1] else None, grad_wd, grad_bd, grad_wu, None, None, None, None
+
 
 class ExpertPool(nn.Module):
-    """``num_experts`` bottleneck adapters (down d->r, GELU, dropout, up r->d; up zero-initialised) as batched weights."""
+    """``num_experts`` bottleneck adapters (down d->r, GELU, dropout, up r->d; up zero-initialised) as batched weights.
 
-    def __init__(self, num_experts: int, dim: int, bottleneck: int, scale: float = 1.0, dropout: float = 0.0) -> None:
+    ``dispatch``: ``auto`` (grouped GEMM where it applies, else the loop), ``grouped`` (error where it does not
+    apply) or ``loop`` (the sorted per-expert loop; the reference). Results agree to float rounding.
+    """
+
+    def __init__(self, num_experts: int, dim: int, bottleneck: int, scale: float = 1.0, dropout: float = 0.0,
+                 dispatch: str = "auto") -> None:
         super().__init__()
         self.num_experts, self.dim, self.bottleneck, self.scale = num_experts, dim, bottleneck, float(scale)
         bound = 1.0 / math.sqrt(dim)  # nn.Linear's default range for the down projection
@@ -42,37 +155,100 @@ class ExpertPool(nn.Module):
         self.w_up = nn.Parameter(torch.zeros(num_experts, bottleneck, dim))  # zero: no change at init
         self.b_up = nn.Parameter(torch.zeros(num_experts, dim))
         self.dropout = nn.Dropout(dropout)
+        self.dispatch = dispatch
+        self.last_counts: torch.Tensor | None = None  # rows per expert in the last forward (usage, balance loss)
+
+    @property
+    def dispatch(self) -> str:
+        return self._dispatch
+
+    @dispatch.setter
+    def dispatch(self, mode: str) -> None:
+        if mode not in DISPATCH_MODES:
+            raise ValueError(f"ExpertPool.dispatch must be one of {list(DISPATCH_MODES)}, got {mode!r}")
+        self._dispatch = mode
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert ``e`` on ``x`` (n, d), without scale or gate."""
         h = self.dropout(F.gelu(x @ self.w_down[e] + self.b_down[e]))
         return h @ self.w_up[e] + self.b_up[e]
 
+    def uses_grouped(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` takes the grouped-GEMM path."""
+        if self._dispatch == "loop":
+            return False
+        dtype = self.w_down.dtype
+        ok = _aligned(self.dim, dtype) and grouped_mm_available(device, dtype)
+        if not ok and self._dispatch == "grouped":
+            raise RuntimeError(f"ExpertPool dispatch 'grouped' does not apply to dim={self.dim} in {dtype} on "
+                               f"{device.type} (torch._grouped_mm missing, refused, or rows not 16-byte aligned)")
+        return ok
+
     def forward(self, x: torch.Tensor, idx: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """``scale * gate[n] * expert_{idx[n]}(x[n])`` for every row of ``x`` (N, d).
 
-        Runs in float32 with autocast off: the per-expert GEMMs change shape every step, and under bf16 autocast each
-        new shape made oneDNN build a kernel (340 us vs 25 us per GEMM), which made a bf16 step 2-3x slower than fp32
+        Runs in the weights' dtype (float32; float64 in tests) with autocast off: under bf16 autocast oneDNN built a
+        kernel for every new GEMM shape (340 us vs 25 us), which made a bf16 step 2-3x slower than fp32
         (benchmarks/README.md); the experts are ~1% of a step's FLOPs. The gate multiplies the r-wide hidden units
         (``g*(h W + b) = (g*h) W + g*b``), so no d-wide copy is kept for its gradient.
         """
-        dtype, wdtype = x.dtype, self.w_down.dtype  # compute in the weights' own dtype (fp32, or fp64 in tests)
+        dtype, wdtype = x.dtype, self.w_down.dtype
         with torch.autocast(x.device.type, enabled=False):
-            order = idx.argsort()
-            counts = torch.bincount(idx, minlength=self.num_experts).tolist()
-            xs = x.to(wdtype).index_select(0, order).split(counts)
-            gs = (gate.to(wdtype) * self.scale).index_select(0, order).unsqueeze(-1).split(counts)
-            ys = []
-            for e, (c, g) in enumerate(zip(xs, gs, strict=True)):
-                if c.shape[0]:
-                    h = self.dropout(F.gelu(torch.addmm(self.b_down[e], c, self.w_down[e]))) * g
-                    ys.append(torch.addmm(g * self.b_up[e], h, self.w_up[e]))
-            y = torch.cat(ys) if ys else x.new_zeros(0, self.dim, dtype=wdtype)
-            out = torch.empty_like(y).index_copy(0, order, y)
+            x = x.to(wdtype)
+            g = gate.to(wdtype) * self.scale
+            counts = torch.bincount(idx, minlength=self.num_experts)
+            self.last_counts = counts
+            if x.shape[0] == 0:
+                out = x.new_zeros(0, self.dim)
+            elif self.uses_grouped(x.device):
+                out = self._grouped(x, idx, g, counts)
+            else:
+                out = self._loop(x, idx, g, counts)
         return out.to(dtype)
 
+    def _grouped(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        order = idx.argsort()
+        sidx = idx.index_select(0, order)
+        offs = counts.cumsum(0).to(torch.int32)
+        gs = g.index_select(0, order)
+        E, d, r = self.w_down.shape
+        rp = _round_up(r, x.dtype)
+        wd, bd = self.w_down, self.b_down
+        pieces = [self.w_up]
+        if rp != r:  # zero columns: gelu(0) = 0, so padded hidden units carry nothing
+            wd, bd = F.pad(wd, (0, rp - r)), F.pad(bd, (0, rp - r))
+            pieces.append(self.w_up.new_zeros(E, rp - r, d))
+        width = _round_up(rp + 1, x.dtype)
+        pieces += [self.b_up.unsqueeze(1), self.w_up.new_zeros(E, width - rp - 1, d)]
+        wu_aug = torch.cat(pieces, 1)  # (E, width, d): rows rp.. hold the up bias, multiplied by the gate column
+        mask = None
+        if self.training and self.dropout.p > 0:
+            keep = 1.0 - self.dropout.p
+            mask = torch.zeros(x.shape[0], rp, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or g.requires_grad or any(
+            p.requires_grad for p in (self.w_down, self.b_down, self.w_up, self.b_up)))
+        if needs_grad:
+            return _GroupedExperts.apply(x, gs, wd, bd, wu_aug, order, sidx, offs, mask)
+        with torch.no_grad():  # inference: no autograd bookkeeping
+            return _grouped_forward(x, order, sidx, offs, gs, wd, bd, wu_aug, mask)[0]
+
+    def _loop(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The sorted per-expert loop (one host sync for the split sizes); the reference path."""
+        order = idx.argsort()
+        sizes = counts.tolist()
+        xs = x.index_select(0, order).split(sizes)
+        gs = g.index_select(0, order).unsqueeze(-1).split(sizes)
+        ys = []
+        for e, (c, ge) in enumerate(zip(xs, gs, strict=True)):
+            if c.shape[0]:
+                h = self.dropout(F.gelu(torch.addmm(self.b_down[e], c, self.w_down[e]))) * ge
+                ys.append(torch.addmm(ge * self.b_up[e], h, self.w_up[e]))
+        y = torch.cat(ys)
+        return torch.empty_like(y).index_copy(0, order, y)
+
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, dim={self.dim}, bottleneck={self.bottleneck}, scale={self.scale}"
+        return (f"num_experts={self.num_experts}, dim={self.dim}, bottleneck={self.bottleneck}, scale={self.scale}, "
+                f"dispatch={self._dispatch}")
 
 
 class CosineRouter(nn.Module):
@@ -139,19 +315,21 @@ class SMoA(nn.Module):
         B, T, D = x.shape
         sub = x.reshape(B * T * self.num_heads, self.sub_dim)
         probs = router(sub).float().softmax(dim=-1)
-        idx = probs.argmax(dim=-1)
-        gate = probs.gather(1, idx.unsqueeze(1)).squeeze(1).to(x.dtype)
+        gate, idx = probs.max(dim=-1)  # top-1: the probability and the expert in one op (float32 gate)
         out = self.experts(sub, idx, gate).reshape(B, T, D)
         if self.merge is not None:
             out = self.merge(out)
         return SMoAOutput(out, probs, idx.view(B, T, self.num_heads))
 
 
-def switch_balance_loss(probs: torch.Tensor, idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+def switch_balance_loss(probs: torch.Tensor, idx: torch.Tensor, num_experts: int,
+                        counts: torch.Tensor | None = None) -> torch.Tensor:
     """Switch Transformer load balancing: ``E * sum_e f_e * P_e`` with f_e the fraction of rows sent to e and
-    P_e the mean router probability of e (1.0 when perfectly balanced)."""
+    P_e the mean router probability of e (1.0 when perfectly balanced). ``counts``: ``bincount(idx)`` when known."""
     idx = idx.reshape(-1)
-    f = torch.bincount(idx, minlength=num_experts).to(probs.dtype) / max(idx.numel(), 1)
+    if counts is None:
+        counts = torch.bincount(idx, minlength=num_experts)
+    f = counts.to(probs.dtype) / max(idx.numel(), 1)
     return num_experts * (f * probs.mean(dim=0)).sum()
 
 
@@ -211,11 +389,11 @@ class SMoABlock(AuxLossMixin, nn.Module):
         res = self.pool(x, self.active_router)
         choice = res.choice.detach()
         self.last_choice = choice
-        counts = torch.bincount(choice.reshape(-1), minlength=self.pool.num_experts)
+        counts = self.pool.experts.last_counts  # bincount of this forward's choices, made by the dispatch
         self.usage_counts = self.usage_counts.to(counts.device) + counts
         self._aux = None
         if self.training and self.balance_loss_weight > 0 and torch.is_grad_enabled():
-            loss = switch_balance_loss(res.probs, choice, self.pool.num_experts)
+            loss = switch_balance_loss(res.probs, choice, self.pool.num_experts, counts)
             self._aux = self.balance_loss_weight * loss
         self._last_output = res.out if self.prompt_generator is not None else None
         return res.out
