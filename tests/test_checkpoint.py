@@ -278,3 +278,22 @@ def test_other_architecture(tmp_path) -> None:
     write_finetune(make(trans_dim=32, encoder_dims=32), wide)
     with pytest.raises(CheckpointError, match=r"wide\.pth: shape mismatch .*another architecture or width"):
         load_pretrained(make(), wide)
+
+
+def test_layout_writers_use_the_released_names() -> None:
+    """The tiny-model writers above take their tensors from our model's state dict; their names must still be the
+    released files' (tests/fixtures/*.keys, written from the official architectures), or a renamed key in our
+    model would pass every logits test here. Shapes differ (tiny widths): tests/test_official_layouts.py pins
+    them at full size."""
+    import re
+
+    from helpers.official_keys import read_keys
+
+    def names(keys) -> set[str]:  # block indices folded: the tiny models have 2 blocks, the released 12
+        return {re.sub(r"(blocks\.)\d+\.", r"\1*.", k) for k in keys}
+
+    mae, bert = make(), make("bert")
+    assert names(point_mae_pretrain_state(mae)) == names(read_keys("point_mae_pretrain"))
+    assert names(mae.state_dict()) == names(read_keys("point_mae_finetune_modelnet40"))
+    extra = names(point_bert_pretrain_state(bert)) - names(read_keys("point_bert_pretrain"))
+    assert not extra, sorted(extra)

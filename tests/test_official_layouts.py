@@ -13,22 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.official_keys import read_keys
 
 from pointpeft.models import build_point_transformer, load_pretrained
 
-FIXTURES = Path(__file__).parent / "fixtures"
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def read_keys(name: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """name -> (shape, dtype) from a fixture file, in state-dict order."""
-    out = {}
-    for line in (FIXTURES / f"{name}.keys").read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, shape, dtype = line.split()
-        out[key] = (tuple(int(s) for s in shape.split("x")) if shape != "-" else (), getattr(torch, dtype))
-    return out
 
 
 def random_state(keys: dict[str, tuple[tuple[int, ...], torch.dtype]], seed: int = 0) -> dict[str, torch.Tensor]:
