@@ -227,3 +227,17 @@ def test_smoa_methods_record_expert_usage_at_evaluation(peft_config: dict) -> No
 def test_methods_without_records_add_nothing() -> None:
     _, extras = _evaluate({"type": "lora"})
     assert set(extras) == {"confusion_matrix"}
+
+
+# -- one text reader: the viewer's .txt/.xyz and ModelNet40's normal_resampled shapes -------------------------------
+
+def test_one_text_reader_for_the_viewer_and_modelnet(tmp_path: Path) -> None:
+    from pointpeft.data import modelnet40, point_files
+
+    (tmp_path / "a.xyz").write_text("# x y z\n0 0 1\n\n1 2 3\n")
+    (tmp_path / "b.txt").write_text("0,0,1,0,0,1\n1,2,3,0,1,0\n")
+    xyz_points = point_files.read_cloud(tmp_path / "a.xyz").points
+    assert xyz_points.tolist() == [[0, 0, 1], [1, 2, 3]]
+    assert point_files.read_text_points(tmp_path / "b.txt", min_channels=6).shape == (2, 6)
+    assert point_files.read_cloud(tmp_path / "b.txt").points.tolist() == xyz_points.tolist()
+    assert modelnet40.read_text_points is point_files.read_text_points

@@ -282,7 +282,7 @@ def test_tool_cloud_from_files_and_data_set(tool, tmp_path: Path) -> None:  # no
     lay = compute_layout(2, (120, 120), None, True)
     _run(tool, ["cloud", "--file", str(tmp_path / "ball.npy"), str(tmp_path / "tet.off"), "--npoints", "400",
                 "--save-ply", str(tmp_path / "first.ply")], tmp_path / "c.png", lay.size)
-    from pointpeft.viz.io import read_ply
+    from pointpeft.data.point_files import read_ply
 
     assert read_ply(tmp_path / "first.ply").points.shape == (400, 3)
     lay3 = compute_layout(3, (120, 120), None, True)
@@ -321,8 +321,8 @@ def test_tool_routing_from_a_saved_adapter(tool, tmp_path: Path) -> None:  # noq
     assert img.shape[1] == 120
     # the PLY holds exactly the colours computed from the loaded adapter's routing
     from pointpeft.data import build_dataset
+    from pointpeft.data.point_files import read_ply
     from pointpeft.peft import load_adapter
-    from pointpeft.viz.io import read_ply
     from pointpeft.viz.views import capture_routing, routing_panels
 
     torch.manual_seed(0)  # the tool seeds with --seed 0 before building: the same frozen random backbone

@@ -1,4 +1,4 @@
-"""Cloud/mesh readers and the area-uniform mesh sampler of pointpeft.viz.io."""
+"""Cloud/mesh readers and the area-uniform mesh sampler of pointpeft.data.point_files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pointpeft.errors import DataError
-from pointpeft.viz.io import (
+from pointpeft.data.point_files import (
     load_points,
     read_cloud,
     read_off,
@@ -19,6 +18,7 @@ from pointpeft.viz.io import (
     triangle_areas,
     write_ply,
 )
+from pointpeft.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 MESHES = Path(os.environ.get("POINTPEFT_SHARED_DATA", REPO.parent / "shared" / "data")) / "meshes"

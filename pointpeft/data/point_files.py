@@ -1,5 +1,7 @@
-"""Read point clouds and meshes for viewing: .npy, .xyz/.txt/.pts, .ply (ascii/binary, points or mesh), .pcd
-(ascii/binary), .off; meshes become point clouds by sampling their surface uniformly by area.
+"""Read point-cloud and mesh files: .npy, .xyz/.txt/.pts, .ply (ascii/binary, points or mesh), .pcd
+(ascii/binary), .off; meshes become point clouds by sampling their surface uniformly by area. The viewer
+(``tools/visualize.py``) reads any of them; ModelNet40's ``normal_resampled`` layout reads its ``.txt`` shapes with
+the same :func:`read_text_points`.
 
 The readers are plain numpy (no Open3D needed), so they work wherever the package does; only PCD's
 ``binary_compressed`` encoding is delegated to Open3D when it is installed. Every malformed file raises
@@ -9,7 +11,7 @@ The readers are plain numpy (no Open3D needed), so they work wherever the packag
 from __future__ import annotations
 
 import os
-import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -401,18 +403,31 @@ def read_npy(path: str | os.PathLike) -> CloudFile:
     return CloudFile(pts.astype(np.float32), None, None, str(path))
 
 
-def read_xyz(path: str | os.PathLike) -> CloudFile:
-    """Whitespace- or comma-separated text, one point a line (x y z [...]); ModelNet's .txt files included."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        rows = [re.split(r"[,\s]+", ln.strip()) for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+def read_text_points(path: str | os.PathLike, min_channels: int = 3) -> np.ndarray:
+    """A text file of one point a line -> (N, C) float32: numbers separated by commas (ModelNet's ``x,y,z,nx,ny,nz``)
+    or by spaces, ``#`` comments skipped; numpy's C parser (~4 ms for 10k lines)."""
     try:
-        pts = np.array([r[:3] for r in rows], dtype=np.float64)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = next((ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")), "")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
+            arr = np.loadtxt(path, delimiter="," if "," in first else None, comments="#", dtype=np.float32, ndmin=2)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
     except ValueError as e:
-        raise DataError(f"{path}: bad number in a point line ({e})") from None
-    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-        raise DataError(f"{path}: expected lines of at least 3 numbers (x y z), got {len(rows)} usable lines")
+        raise DataError(f"{path}: not a file of point rows (x,y,z[,...] separated by commas or spaces): {e}") from None
+    if arr.shape[0] == 0:
+        raise DataError(f"{path}: empty point file")
+    if arr.shape[1] < min_channels:
+        raise DataError(f"{path}: rows have {arr.shape[1]} values, expected at least {min_channels}")
+    return arr
+
+
+def read_xyz(path: str | os.PathLike) -> CloudFile:
+    """Comma- or whitespace-separated text, one point a line (x y z [...]); ModelNet's .txt files included."""
+    pts = read_text_points(path)[:, :3]
     _check_finite(pts, str(path))
-    return CloudFile(pts.astype(np.float32), None, None, str(path))
+    return CloudFile(np.ascontiguousarray(pts), None, None, str(path))
 
 
 def _check_finite(pts: np.ndarray, src: str) -> None:

@@ -2,12 +2,12 @@
 window, FPS patches, Adapter-X routing per patch, MAE reconstructions, predictions, and run charts.
 
 Rendering: :func:`render_panels` / :func:`show_panels` with :class:`Panel` and :class:`View`. Views of models:
-:mod:`pointpeft.viz.views`. File reading and mesh sampling: :mod:`pointpeft.viz.io`. Charts: :mod:`pointpeft.viz.plots`.
+:mod:`pointpeft.viz.views`. File reading and mesh sampling: :mod:`pointpeft.data.point_files`. Charts: :mod:`pointpeft.viz.plots`.
 """
 
+from pointpeft.data.point_files import load_points, read_cloud, sample_mesh_surface, write_ply
 from pointpeft.viz.camera import View
 from pointpeft.viz.colors import categorical_colors, height_colors, label_colors
-from pointpeft.viz.io import load_points, read_cloud, sample_mesh_surface, write_ply
 from pointpeft.viz.render import (
     Panel,
     compose,

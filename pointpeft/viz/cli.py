@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from pointpeft.config import load_config, yaml_load
+from pointpeft.data.point_files import load_points
 from pointpeft.errors import CheckpointError, ConfigError, InputError, PointPeftError
 from pointpeft.utils.misc import get_logger, set_seed, setup_logging
 from pointpeft.viz import plots, views
 from pointpeft.viz.camera import View
-from pointpeft.viz.io import load_points
 from pointpeft.viz.render import Panel, has_display, render_panels, show_panels
 
 log = get_logger("visualize")
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         panels, legend = PANEL_MODES[args.mode](args)
         view = View(args.elev, args.azim, args.up)
         if getattr(args, "save_ply", None):
-            from pointpeft.viz.io import write_ply
+            from pointpeft.data.point_files import write_ply
 
             write_ply(args.save_ply, panels[0].points, panels[0].colors)
         if args.out:
