@@ -71,3 +71,12 @@ def test_bad_targets_raise() -> None:
         target_linears(describe_backbone(tiny_point()), ["q_proj"])
     with pytest.raises(ConfigError, match="r must be"):
         get_peft_model(tiny_point(), {"type": "lora", "r": 0})
+
+
+def test_init_is_loralib_kaiming_uniform() -> None:
+    """microsoft/LoRA ``loralib/layers.py``: A kaiming_uniform_(a=sqrt(5)) (bound 1/sqrt(in)), B zero, s = alpha/r."""
+    torch.manual_seed(0)
+    branch = LoraBranch(400, 6, r=64, scaling=2.0)
+    bound = 1 / 400**0.5
+    assert branch.lora_A.abs().max() <= bound and branch.lora_A.abs().max() > 0.95 * bound
+    assert branch.lora_B.abs().sum() == 0 and branch.scaling == 2.0

@@ -215,3 +215,19 @@ def test_merge_folds_the_current_task() -> None:
 def test_bad_config_names_the_field(node: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         _mhr("point", **node)
+
+
+def test_relaxed_bernoulli_samples_in_training_only() -> None:
+    """mttl's module_logits_relaxed_bernoulli: training weights from RelaxedBernoulli(1, Z); eval uses sigmoid(Z)."""
+    torch.manual_seed(0)
+    layer = RoutedLora(8, 8, r=2, num_skills=4, heads=2, num_tasks=1, scaling=1.0, relaxed_bernoulli=True)
+    layer.eval()
+    torch.testing.assert_close(layer.routing_weights(), layer.routing_weights())
+    plain = torch.sigmoid(layer.routing[0])
+    torch.testing.assert_close(layer.routing_weights(), plain / plain.sum(-1, keepdim=True))
+    layer.train()
+    a, b = layer.routing_weights(), layer.routing_weights()
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2))
+    a[0, 0].backward()  # reparameterised: the logits get a gradient
+    assert layer.routing.grad.abs().sum() > 0
