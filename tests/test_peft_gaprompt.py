@@ -251,3 +251,52 @@ def test_leaves_carry_the_released_values(leaf: str) -> None:
     assert cfg["model"]["drop_path_rate"] == 0.1 and cfg["data"]["batch_size"] == 32
     (rotate,) = cfg["data"]["train"]["transforms"]  # runner_module.py: PointcloudRotate only, about the up axis
     assert rotate["type"] == "rotate_up" and rotate["axis"] == ("z" if "modelnet40" in leaf else "y")
+
+
+def _released_shiftnet(net: PointShiftPrompter, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ShiftNet.forward`` of the release in its own layouts (Conv2d on (B, C, K, G), Conv1d on (B, C, N)), eval."""
+    from pointpeft.ops import farthest_point_sample, gather_points, knn_query
+
+    def bn(layer, t):
+        return torch.nn.functional.batch_norm(t, layer.running_mean, layer.running_var, layer.weight, layer.bias,
+                                              False, 0.0, layer.eps)
+
+    def abstraction(sa, xyz, points):
+        center = gather_points(xyz, farthest_point_sample(xyz, sa.num_group))
+        new = gather_points(points, knn_query(sa.group_size, xyz, center)).permute(0, 3, 2, 1)
+        for conv, norm in zip(sa.mlp_convs, sa.mlp_bns):
+            new = torch.relu(bn(norm, conv(new)))
+        return center, torch.max(new, 2)[0].permute(0, 2, 1)
+
+    def propagation(fp, xyz1, xyz2, points1, points2):
+        d = -2 * xyz1 @ xyz2.transpose(1, 2) + (xyz1**2).sum(-1)[..., None] + (xyz2**2).sum(-1)[:, None]
+        d, idx = d.sort(dim=-1)
+        d, idx = d[:, :, :32], idx[:, :, :32]
+        w = 1.0 / (d + 1e-4)
+        w = w / w.sum(dim=2, keepdim=True)
+        interp = (gather_points(points2, idx) * w[..., None]).sum(dim=2)
+        new = torch.cat([points1, interp], dim=-1).permute(0, 2, 1)
+        for conv, norm in zip(fp.mlp_convs, fp.mlp_bns):
+            new = torch.relu(bn(norm, conv(new)))
+        return new.permute(0, 2, 1)
+
+    feature = torch.cat([x] + [f(2.0**k * x) for k in range(4) for f in (torch.sin, torch.cos)], -1)
+    c1, f1 = abstraction(net.abstraction_level1, x, feature)
+    c2, f2 = abstraction(net.abstraction_level2, c1, f1)
+    f1 = propagation(net.propagation2, c1, c2, f1, f2)
+    feature = propagation(net.propagation1, x, c1, feature, f1)
+    return net.mlp_position(feature) * net.perturbation * x + x, f2.reshape(x.shape[0], -1)
+
+
+def test_shift_prompter_is_the_released_shiftnet() -> None:
+    torch.manual_seed(0)
+    net = PointShiftPrompter(16, 8, perturbation=0.8).double().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(3, 96, 3, dtype=torch.float64) * 2 - 1
+    ours, theirs = net(x), _released_shiftnet(net, x)
+    torch.testing.assert_close(ours[0], theirs[0])
+    torch.testing.assert_close(ours[1], theirs[1])
