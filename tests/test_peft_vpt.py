@@ -67,3 +67,15 @@ def test_bad_values_name_the_field() -> None:
         get_peft_model(tiny_point(), {"type": "vpt_deep", "num_prompts": 0})
     with pytest.raises(ConfigError, match="init"):
         get_peft_model(tiny_point(), {"type": "vpt_deep", "init": "xavier"})
+
+
+def test_prompt_counts_follow_idpt() -> None:
+    """IDPT's point VPT-deep: 10 prompts for fine-tuning, 20 in its few-shot config."""
+    from pathlib import Path
+
+    from pointpeft.config import load_config
+    from pointpeft.peft.vpt import VptDeepConfig
+
+    assert VptDeepConfig().num_prompts == 10
+    root = Path(__file__).resolve().parents[1]
+    assert load_config(root / "cfgs/fewshot/vpt_deep.yaml").get_path("peft.num_prompts") == 20
