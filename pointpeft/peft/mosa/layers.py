@@ -1,4 +1,5 @@
-"""The MoSA adapter: one dense bottleneck whose elements are split into disjoint sparse modules by saved masks.
+"""MoSA's earlier variant (``style: linear``): one dense linear bottleneck on fc2's output whose four tensors are split
+element by element into disjoint sparse modules by saved masks. The released MoSA is :mod:`pointpeft.peft.mosa.experts`.
 
 The modules share one set of dense tensors, so the merged adapter IS the dense tensors: merging the modules costs
 nothing, and training memory is that of one adapter. The assignment of every element to its module (and, for the
@@ -7,9 +8,9 @@ adapter, so a reloaded adapter has the same split.
 
 Two training views of a drawn module (``sparse_view``):
 
-* ``module`` (default, the official MoSA): the module is a whole adapter made of its own trained elements over the
-  shared initial values (``init + (W - init) * mask``); a gradient reaches only its elements (the official code masks
-  the gradients of full-size experts). The merged adapter is the mean of the modules (``module_merge: mean``, the
+* ``module`` (default; the official code's view of an expert): the module is a whole adapter made of its own trained
+  elements over the shared initial values (``init + (W - init) * mask``); a gradient reaches only its elements (the official code masks
+  the gradients of full-size experts), but all modules share one optimiser state. The merged adapter is the mean of the modules (``module_merge: mean``, the
   official ``merge('add')``: ``init + (W - init) / num_modules``) or their sum (``sum``: ``W``).
 * ``masked``: elements outside the drawn modules are zero, rescaled by modules/active (DropConnect); kept for
   comparison: with 1 of 4 modules each input->output path survives 1 time in 16 at 16x, far noisier to train.
