@@ -41,15 +41,18 @@ def _is_norm_owned(model: nn.Module) -> set[str]:
             for n, _ in mod.named_parameters(recurse=False)}
 
 
-def _no_decay_role(name: str, norm_owned: set[str]) -> str | None:
-    """The roles the recipe never decays (Point-MAE/DAPT ``add_weight_decay``, timm): biases, norms, tokens."""
+def _no_decay_role(name: str, p: torch.Tensor, norm_owned: set[str]) -> str | None:
+    """What the recipe never decays (Point-MAE / DAPT ``add_weight_decay``: 1-D tensors, ``.bias``, names with
+    ``token``; norms by their module, whatever the shape). ``cls_pos`` is a weight there and stays one here."""
     leaf = name.rsplit(".", 1)[-1]
     if name in norm_owned:
         return "norm"
     if leaf == "bias" or leaf.endswith("_bias"):
         return "bias"
-    if re.fullmatch(r"(cls_token|cls_pos|pos_embed|.*_token)", leaf):
+    if leaf == "cls_token":
         return "token"
+    if p.ndim <= 1:
+        return "1-D"
     return None
 
 
@@ -79,7 +82,7 @@ def test_trainer_updates_every_trainable_parameter_and_no_frozen_one(label: str,
     trainable = {n for n, p in named.items() if p.requires_grad}
     assert {id(named[n]) for n in trainable} == set(in_groups), f"{label}: optimizer groups != trainable set"
     norm_owned = _is_norm_owned(model)
-    decayed_wrongly = [(n, role) for n in trainable if (role := _no_decay_role(n, norm_owned))
+    decayed_wrongly = [(n, role) for n in trainable if (role := _no_decay_role(n, named[n], norm_owned))
                        and in_groups[id(named[n])] != 0.0]
     assert not decayed_wrongly, f"{label}: weight decay on {decayed_wrongly[:5]}"
 
