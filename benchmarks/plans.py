@@ -35,18 +35,22 @@ class Plan:
     data_sets: list[str] = field(default_factory=lambda: ["modelnet40", "synthetic_shapes"])
     synthetic_samples: int | None = None
     profile_methods: list[str] | None = None  # None: all
+    probe_clouds: int | None = None  # clouds per split for the probe's real features (None: all)
+    probe_sklearn: bool = False  # also fit scikit-learn's LinearSVC (8 minutes on one core for ModelNet40)
+    probe_synthetic: tuple[int, int, int, int] = (9843, 2468, 384, 40)  # n_train, n_test, dim, classes
 
 
 PLANS: dict[str, Plan] = {
     "smoke": Plan("smoke", models=["point_mae_tiny"], batch=4, npoints=256, token_grid=[(256, 16, 8)], token_reps=2,
                   kdline_scan=False, methods=["full", "adapterx"], rounds=2, amp_models=["point_mae_tiny"], live_memory=False, phase_steps=1,
                   amp_methods=["adapterx"], infer_models=["point_mae_tiny"], infer_batches=[4, 1],
-                  infer_reps={4: 2, 1: 2}, data_batches=2, data_sets=["synthetic_shapes"], synthetic_samples=48),
+                  infer_reps={4: 2, 1: 2}, data_batches=2, data_sets=["synthetic_shapes"], synthetic_samples=48,
+                  probe_synthetic=(200, 80, 16, 4)),
     "quick": Plan("quick", models=["point_mae_small"], token_grid=[(1024, 64, 32)], rounds=4,
                   amp_models=["point_mae_small"], infer_models=["point_mae_small"], data_batches=15,
                   profile_methods=["full", "adapterx", "linear"]),
     "full": Plan("full", models=["point_mae_small", "point_mae"],
                  token_grid=[(1024, 64, 32), (2048, 128, 32), (8192, 512, 32)], token_reps=7, rounds=6, mem_steps=2,
                  amp_models=["point_mae_small", "point_mae"], infer_models=["point_mae_small", "point_mae"],
-                 infer_reps={32: 9, 1: 31}, data_batches=30),
+                 infer_reps={32: 9, 1: 31}, data_batches=30, probe_sklearn=True),
 }

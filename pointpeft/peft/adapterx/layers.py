@@ -53,6 +53,9 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
                 offs = torch.tensor([5, 5, 12], dtype=torch.int32, device=device)
                 ref = torch.cat([a[:5] @ w[0], a[5:] @ w[2]])
                 ok = bool(torch.allclose(torch._grouped_mm(a, w, offs=offs).float(), ref.float(), atol=1e-2))
+                # the backward's form: groups along K (weight gradients), (8, 12) x (12, 4) -> (3, 8, 4)
+                gw = torch._grouped_mm(a.t(), ref.contiguous(), offs=offs)
+                ok = ok and bool(torch.allclose(gw[2].float(), (a[5:].t() @ ref[5:]).float(), atol=1e-1))
             except (RuntimeError, NotImplementedError, TypeError):
                 ok = False
         _grouped_ok[key] = ok
