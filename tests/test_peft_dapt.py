@@ -259,3 +259,43 @@ def test_shipped_leaves_carry_the_released_per_data_set_values(data_set: str) ->
     assert dapt["peft"].get("pool") == pool
     assert dapt_x["peft"]["x_mode"] is True and dapt_x["peft"].get("pool") is None
     assert (dapt_x["peft"]["dropout"], dapt_x["model"]["drop_path_rate"]) == (dropout, drop_path)
+
+
+def _dapt_name(key: str) -> str:
+    """The name LMD0311/DAPT models/DAPT.py gives a tensor of our DAPT-injected model (the file's layout)."""
+    sites = {"norm1": "tfts_{}_1", "norm2": "tfts_{}_2", "attn.qkv": "attn.tfts_{}_1", "attn.proj": "attn.tfts_{}_2",
+             "mlp.fc1": "mlp.tfts_{}_1", "mlp.fc2": "mlp.tfts_{}_2"}
+    head, _, leaf = key.rpartition(".")
+    if key.startswith("peft_token_ssf."):
+        return f"tfts_{leaf}_1"
+    if key.startswith("norm.peft_ssf."):
+        return f"tfts_{leaf}_2"
+    block, _, rest = head.partition(".")[2].partition(".")[2].partition(".")  # blocks.blocks.<i>.<rest>
+    block = f"blocks.blocks.{block}"
+    for site, name in sites.items():
+        if rest == f"{site}.peft_ssf":
+            return f"{block}.{name.format(leaf)}"
+    if rest == "mlp.peft_adapter.prompt_generator":
+        return f"{block}.tfts_{leaf}_3"
+    for ours, theirs in (("norm", "adapter_layer_norm_before"), ("scale", "scale"), ("down", "down_proj"),
+                         ("up", "up_proj")):
+        if rest == f"mlp.peft_adapter.{ours}":
+            return f"{block}.Adapter_MLP.{theirs}.{leaf}"
+    return key
+
+
+def test_an_official_dapt_checkpoint_loads_into_the_injected_model(tmp_path) -> None:
+    """A file in DAPT's layout ({"base_model": "module." + its names}) loads every tensor: same logits."""
+    from pointpeft.models import load_pretrained
+    from pointpeft.peft.dapt.official import official_state
+
+    cfg = {"type": "dapt", "r": 8, "pool": ["cls", "prompt_mean", "patch_max"]}
+    model = _perturbed(get_peft_model(build_backbone("point"), cfg))
+    sd = {f"module.{_dapt_name(k)}": v for k, v in model.state_dict().items()}
+    assert "module.blocks.blocks.0.Adapter_MLP.down_proj.weight" in sd and "module.tfts_gamma_1" in sd
+    torch.save({"base_model": sd, "epoch": 299}, tmp_path / "ckpt-best.pth")
+    fresh = get_peft_model(build_backbone("point", seed=5), cfg)
+    report = load_pretrained(fresh, tmp_path / "ckpt-best.pth", convert=official_state)
+    assert not report.missing_keys and not report.unexpected_keys
+    inputs, _ = make_batch("point")
+    torch.testing.assert_close(eval_logits(fresh, inputs), eval_logits(model, inputs), rtol=0, atol=1e-6)

@@ -183,3 +183,41 @@ def test_shipped_leaves_carry_the_released_per_data_set_values(data_set: str) ->
                 else [{"type": "scale_translate"}])
     assert cfg["data"]["train"]["transforms"] == expected
     assert cfg["model"]["drop_path_rate"] == 0.1
+
+
+def test_an_official_idpt_checkpoint_loads_into_the_injected_model(tmp_path) -> None:
+    """A file in IDPT's layout (``blocks.cls`` = DGCNNView with Conv2d/Conv1d kernels and its BatchNorms under two
+    names, top-level ``prompt_pos``) loads every tensor: same logits."""
+    from pointpeft.models import load_pretrained
+    from pointpeft.peft.idpt.official import official_state
+
+    model = get_peft_model(build_backbone("point"), {"type": "idpt", "k": 4})
+    inputs, labels = make_batch("point")
+    train_steps(model, inputs, labels, steps=1)
+    _perturbed(model)
+    prefix = "blocks.blocks.1.peft_prompt."
+    sd = {}
+    for k, v in model.state_dict().items():
+        if not k.startswith(prefix):
+            sd[k] = v
+            continue
+        rest = k[len(prefix):]
+        if rest == "prompt_pos":
+            sd["prompt_pos"] = v
+            continue
+        _, kind, *tail = rest.split(".")  # module.convs.<i>.proj.weight / module.fuse_bn.running_mean ...
+        if kind == "convs":
+            i, part, leaf = int(tail[0]) + 1, tail[1], tail[2]
+            if part == "proj":
+                sd[f"blocks.cls.conv{i}.0.{leaf}"] = v[:, :, None, None]
+            else:
+                sd[f"blocks.cls.conv{i}.1.{leaf}"] = sd[f"blocks.cls.bn{i}.{leaf}"] = v
+        elif kind == "fuse":
+            sd[f"blocks.cls.conv5.0.{tail[0]}"] = v[:, :, None]
+        else:  # fuse_bn
+            sd[f"blocks.cls.conv5.1.{tail[0]}"] = sd[f"blocks.cls.bn5.{tail[0]}"] = v
+    torch.save({"base_model": sd}, tmp_path / "idpt.pth")
+    fresh = get_peft_model(build_backbone("point", seed=5), {"type": "idpt", "k": 4})
+    report = load_pretrained(fresh, tmp_path / "idpt.pth", convert=official_state)
+    assert not report.missing_keys and not report.unexpected_keys
+    torch.testing.assert_close(eval_logits(fresh, inputs), eval_logits(model, inputs), rtol=0, atol=1e-6)

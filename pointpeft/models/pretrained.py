@@ -226,11 +226,15 @@ PRETRAIN_ONLY_PREFIXES = ("MAE_decoder.", "increase_dim.", "mask_token", "decode
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, *, strict: bool = False,
-                    skip_head: bool = False) -> LoadReport:
+                    skip_head: bool = False,
+                    convert: Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+                    ) -> LoadReport:
     """Load the weights in ``path`` (any layout in this module's table) into ``model``; returns a LoadReport.
 
     ``skip_head=True`` leaves the classification head as it is (a checkpoint trained on another number of
     classes). ``strict=True`` raises unless every model key loads and every checkpoint key is used.
+    ``convert(model, state)`` renames / reshapes the converted state before loading (a PEFT method's official
+    tensors into its injected modules: ``pointpeft.peft.dapt.official_state``, ``pointpeft.peft.idpt.official_state``).
     Raises CheckpointError naming the file for a missing/corrupt/unsafe file, no state dict, a shape mismatch
     (key and both shapes), a checkpoint of another architecture, or a class-count mismatch in the head.
     """
@@ -239,6 +243,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, strict: bool =
     raw = read_checkpoint(path)
     state, container = extract_state_dict(raw, path_s)
     ckpt, fmt = convert_state_dict(state, container)
+    if convert is not None:
+        ckpt = convert(target, ckpt)
     model_sd = target.state_dict()
 
     head = _head_prefix(target)
