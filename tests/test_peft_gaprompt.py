@@ -300,3 +300,17 @@ def test_shift_prompter_is_the_released_shiftnet() -> None:
     ours, theirs = net(x), _released_shiftnet(net, x)
     torch.testing.assert_close(ours[0], theirs[0])
     torch.testing.assert_close(ours[1], theirs[1])
+
+
+def test_evaluation_records_the_shift_and_the_point_prompts() -> None:
+    from pointpeft.peft import get_method
+
+    model = gaprompt(perturbation=0.5)
+    method = get_method(model)
+    method.start_evaluation(model)
+    eval_logits(model, make_batch("point")[0])
+    rec = method.evaluation_records(model)["gaprompt"]
+    assert 0 < rec["shift_relative"] < 10 and len(rec["point_prompts"]) == 5
+    assert method.record_scalars({"gaprompt": rec}) == {"gaprompt/shift_relative": rec["shift_relative"]}
+    method.start_evaluation(model)
+    assert "shift_relative" not in method.evaluation_records(model)["gaprompt"]

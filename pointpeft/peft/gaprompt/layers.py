@@ -27,6 +27,16 @@ class GAPromptState:
 
     def __init__(self) -> None:
         self.clear()
+        self.reset_shift_stats()
+
+    def reset_shift_stats(self) -> None:
+        """Evaluation statistics of the point shift: summed |shift| and |x| over the points seen in eval mode."""
+        self.shift_abs = 0.0
+        self.point_abs = 0.0
+
+    def record_shift(self, before: torch.Tensor, after: torch.Tensor) -> None:
+        self.shift_abs += float((after - before).detach().abs().sum())
+        self.point_abs += float(before.detach().abs().sum())
 
     def clear(self) -> None:
         self.shape: torch.Tensor | None = None  # (B, 1, D)

@@ -20,6 +20,7 @@ Point-cloud only: a timm ViT has no cloud to prompt and no patch centres to prop
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ from pointpeft.peft.gaprompt.layers import (
     token_prompts,
 )
 from pointpeft.peft.point_prompts import PointPrompt, PointShiftPrompter
+from pointpeft.utils.modules import unwrap
 
 
 class _InputHooks:
@@ -51,8 +53,10 @@ class _InputHooks:
         check_points(pts, max(model.cfg.num_group, model.cfg.group_size), "points")
         self.state.clear()
         if self.cfg.shift_prompter:
-            pts, code = model.shift_net(pts)
-            self.state.shape = model.shape_feature_mlp(code).unsqueeze(1)
+            moved, code = model.shift_net(pts)
+            if not model.training:
+                self.state.record_shift(pts, moved)
+            pts, self.state.shape = moved, model.shape_feature_mlp(code).unsqueeze(1)
         if self.cfg.point_number:
             pts = model.point_prompt(pts)
         return pts
@@ -126,7 +130,7 @@ class GAPrompt(PeftMethod):
         cfg: GAPromptConfig = self.config
         ref = model.cls_token  # the backbone's device and dtype
         D, arch = spec.embed_dim, model.cfg
-        state = GAPromptState()
+        state = self.state = GAPromptState()
         hooks = _InputHooks(cfg, state)
         if cfg.point_number:
             model.add_module("point_prompt", PointPrompt(cfg.point_number, cfg.scale, cfg.factor).to(ref))
@@ -154,6 +158,25 @@ class GAPrompt(PeftMethod):
             block.register_forward_hook(block_hooks.post)
         model.register_point_hook(hooks.points)
         model.register_tokenizer_hook(hooks.tokenized)
+
+    def start_evaluation(self, model: nn.Module) -> None:
+        if getattr(self, "state", None) is not None:
+            self.state.reset_shift_stats()
+
+    def evaluation_records(self, model: nn.Module) -> dict[str, Any]:
+        """``gaprompt``: the mean |shift| / mean |coordinate| of the evaluated clouds (how far the shift prompter
+        moves points) and the point prompts as they enter the cloud (factor x points)."""
+        state, out = getattr(self, "state", None), {}
+        if state is not None and state.point_abs > 0:
+            out["shift_relative"] = state.shift_abs / state.point_abs
+        prompt = getattr(unwrap(model), "point_prompt", None)
+        if prompt is not None:
+            out["point_prompts"] = (prompt.points[0] * prompt.factor).detach().cpu().tolist()
+        return {"gaprompt": out} if out else {}
+
+    def record_scalars(self, records: Mapping[str, Any]) -> dict[str, float]:
+        rec = records.get("gaprompt") or {}
+        return {"gaprompt/shift_relative": float(rec["shift_relative"])} if "shift_relative" in rec else {}
 
     def trainable_modules(self, model: nn.Module, spec: Any) -> list[nn.Module | nn.Parameter]:
         """The head in place now (the new, wider one with the shift prompter), CLS token, modules to save."""
