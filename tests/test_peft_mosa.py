@@ -346,3 +346,18 @@ def test_expert_biases_are_not_decayed_but_expert_weights_are() -> None:
     assert len(biases) == 2 * (1 + 4) and all(reasons.get(n) == "bias" for n in biases)  # dense down + 4 experts
     assert all(n not in reasons for n in names if n.rsplit(".", 1)[-1].startswith("weight_"))
     assert all(reasons.get(n) == "norm" for n in names if ".norm." in n)
+
+
+def test_expert_split_is_saved_and_reloaded(tmp_path) -> None:
+    model = get_peft_model(build_backbone("point"), {"type": "mosa", "r": 8})
+    up = mosa_adapters(model)[0].up
+    with torch.no_grad():  # another (balanced) split on disk: the reloaded model must use it
+        up.weight_owner.copy_(up.weight_owner.flip(0))
+    _randomise_experts(model)
+    inputs, _ = make_batch("point")
+    expected = eval_logits(model, inputs)
+    save_adapter(model, tmp_path)
+    fresh = load_adapter(build_backbone("point"), tmp_path)
+    fresh_up = mosa_adapters(fresh)[0].up
+    torch.testing.assert_close(eval_logits(fresh, inputs), expected, rtol=0, atol=1e-6)
+    assert torch.equal(fresh_up.weight_owner, up.weight_owner) and torch.equal(fresh_up.index_1, up.index_1)

@@ -55,16 +55,26 @@ class ExpertLinear(nn.Module):
         if split_bias:
             self.register_buffer("bias_owner", balanced_partition(out_features, num_experts, generator).to(
                 self.weight_owner.dtype))
+        self.refresh_index()
 
-    def _index(self, owner: torch.Tensor, k: int) -> torch.Tensor:
-        return (owner.long() == k).nonzero().flatten()
+    def refresh_index(self) -> None:
+        """Cache every expert's element indices (non-persistent buffers: no host sync in a forward)."""
+        owner = self.weight_owner.long().flatten()
+        for k in range(self.num_experts):
+            self.register_buffer(f"index_{k}", (owner == k).nonzero().flatten(), persistent=False)
+        self._index_version = self.weight_owner._version
+
+    def _index(self, k: int) -> torch.Tensor:
+        if self.weight_owner._version != self._index_version:  # the split was written (a loaded adapter)
+            self.refresh_index()
+        return getattr(self, f"index_{k}")
 
     def expert(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert ``k``'s full weight and bias: its own trained elements over the shared initial values."""
         if self.num_experts == 1:
             return self.weight, self.bias
         w0 = self.weight_init.to(self.weight_0.dtype).flatten()
-        w = w0.scatter(0, self._index(self.weight_owner, k), getattr(self, f"weight_{k}").flatten())
+        w = w0.scatter(0, self._index(k), getattr(self, f"weight_{k}").flatten())
         b = getattr(self, f"bias_{k}")
         if self.split_bias:  # only its own bias elements move (from zero)
             b = b * (self.bias_owner.long() == k).to(b.dtype)
