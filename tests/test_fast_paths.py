@@ -163,6 +163,11 @@ def test_grouped_expert_dispatch_matches_loop_train_and_eval(router, batch, bott
     with torch.inference_mode():
         torch.testing.assert_close(grouped(x), loop(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(expert_usage(grouped), expert_usage(loop))
+    for model in (grouped, loop):  # weights changed behind the version counters: the packed copies must follow
+        model.peft_smoa.experts.w_up.data.mul_(3.0)
+        model.peft_smoa.experts.b_up.data.add_(0.5)
+    with torch.inference_mode():
+        torch.testing.assert_close(grouped(x), loop(x), rtol=1e-5, atol=1e-5)
 
 
 def test_grouped_dispatch_keeps_no_d_wide_copy_for_backward():

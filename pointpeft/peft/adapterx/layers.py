@@ -24,6 +24,7 @@ benchmarks/README.md has the whole-model numbers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, NamedTuple
 
@@ -196,9 +197,10 @@ class ExpertPool(nn.Module):
         (``g*(h W + b) = (g*h) W + g*b``), so no d-wide copy is kept for its gradient.
         """
         dtype, wdtype = x.dtype, self.w_down.dtype
-        with torch.autocast(x.device.type, enabled=False):
+        autocast_on = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if autocast_on else contextlib.nullcontext():
             x = x.to(wdtype)
-            g = gate.to(wdtype) * self.scale
+            g = gate.to(wdtype) * self.scale if self.scale != 1.0 else gate.to(wdtype)
             counts = torch.bincount(idx, minlength=self.num_experts)
             self.last_counts = counts
             if x.shape[0] == 0:
@@ -209,27 +211,44 @@ class ExpertPool(nn.Module):
                 out = self._loop(x, idx, g, counts)
         return out.to(dtype)
 
+    def _packed_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w_down (E, d, rp), b_down (E, rp), w_up with the up bias as row rp (E, width, d)): the hidden width
+        padded with zero units to 16-byte rows (gelu(0) = 0: they carry nothing)."""
+        E, d, r = self.w_down.shape
+        rp = _round_up(r, dtype)
+        wd, bd = self.w_down, self.b_down
+        pieces = [self.w_up]
+        if rp != r:
+            wd, bd = F.pad(wd, (0, rp - r)), F.pad(bd, (0, rp - r))
+            pieces.append(self.w_up.new_zeros(E, rp - r, d))
+        width = _round_up(rp + 1, dtype)
+        pieces += [self.b_up.unsqueeze(1), self.w_up.new_zeros(E, width - rp - 1, d)]
+        return wd, bd, torch.cat(pieces, 1)
+
+    def _inference_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_packed_weights` built once and reused by every block until a weight changes (inference only:
+        the parameters' version counters and storage are the key)."""
+        key = tuple((p.data_ptr(), p._version) for p in (self.w_down, self.b_down, self.w_up, self.b_up))
+        cached = self.__dict__.get("_packed_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self._packed_weights(dtype))
+            self.__dict__["_packed_cache"] = cached
+        return cached[1]
+
     def _grouped(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         order = idx.argsort()
         sidx = idx.index_select(0, order)
         offs = counts.cumsum(0).to(torch.int32)
         gs = g.index_select(0, order)
-        E, d, r = self.w_down.shape
-        rp = _round_up(r, x.dtype)
-        wd, bd = self.w_down, self.b_down
-        pieces = [self.w_up]
-        if rp != r:  # zero columns: gelu(0) = 0, so padded hidden units carry nothing
-            wd, bd = F.pad(wd, (0, rp - r)), F.pad(bd, (0, rp - r))
-            pieces.append(self.w_up.new_zeros(E, rp - r, d))
-        width = _round_up(rp + 1, x.dtype)
-        pieces += [self.b_up.unsqueeze(1), self.w_up.new_zeros(E, width - rp - 1, d)]
-        wu_aug = torch.cat(pieces, 1)  # (E, width, d): rows rp.. hold the up bias, multiplied by the gate column
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or g.requires_grad or any(
+            p.requires_grad for p in (self.w_down, self.b_down, self.w_up, self.b_up)))
+        wd, bd, wu_aug = self._packed_weights(x.dtype) if needs_grad else self._inference_weights(x.dtype)
+        rp = wd.shape[-1]
         mask = None
         if self.training and self.dropout.p > 0:
             keep = 1.0 - self.dropout.p
             mask = torch.zeros(x.shape[0], rp, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or g.requires_grad or any(
-            p.requires_grad for p in (self.w_down, self.b_down, self.w_up, self.b_up)))
         if needs_grad:
             return _GroupedExperts.apply(x, gs, wd, bd, wu_aug, order, sidx, offs, mask)
         with torch.no_grad():  # inference: no autograd bookkeeping
@@ -274,12 +293,34 @@ class CosineRouter(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_inv_temperature.clamp(max=self.max_log_inv_t).exp().reciprocal()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Routing logits (N, E) for sub-tokens (N, d)."""
-        z = F.normalize(self.proj(x), dim=-1, eps=1e-6)  # a zero token must not make a 1e12 gradient
+    def expert_matrix(self) -> torch.Tensor:
+        """(router_dim, E): the L2-normalised expert embeddings divided by the temperature, transposed."""
         emb = F.normalize(self.expert_embeddings, dim=-1)
-        inv_t = self.log_inv_temperature.clamp(max=self.max_log_inv_t).exp()
-        return (z @ emb.t()) * inv_t
+        return emb.t() * self.log_inv_temperature.clamp(max=self.max_log_inv_t).exp()
+
+    def _inference_matrix(self) -> torch.Tensor:
+        """:meth:`expert_matrix` built once and reused by every block until a parameter changes (inference)."""
+        key = tuple((p.data_ptr(), p._version) for p in (self.expert_embeddings, self.log_inv_temperature))
+        cached = self.__dict__.get("_matrix_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.expert_matrix())
+            self.__dict__["_matrix_cache"] = cached
+        return cached[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Routing logits (N, E) for sub-tokens (N, d): cosine similarity / temperature."""
+        z = F.normalize(self.proj(x), dim=-1, eps=1e-6)  # a zero token must not make a 1e12 gradient
+        grad = torch.is_grad_enabled() and (self.expert_embeddings.requires_grad
+                                            or self.log_inv_temperature.requires_grad)
+        return z @ (self.expert_matrix() if grad else self._inference_matrix())
+
+
+def clear_inference_caches(module: nn.Module) -> None:
+    """Drop the packed expert weights and router matrices cached for inference (rebuilt on the next forward)."""
+    for m in module.modules():
+        m.__dict__.pop("_packed_cache", None)
+        m.__dict__.pop("_matrix_cache", None)
 
 
 class SMoAOutput(NamedTuple):
@@ -389,6 +430,10 @@ class SMoABlock(AuxLossMixin, nn.Module):
         return self.router if self.router is not None else self.pool.router
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.block_index == 0:  # a new model forward: weights may have changed in ways version counters miss
+            clear_inference_caches(self.pool)
+        if self.router is not None:  # a block's own router runs once a forward: nothing to reuse
+            clear_inference_caches(self.router)
         res = self.pool(x, self.active_router)
         choice = res.choice.detach()
         self.last_choice = choice
