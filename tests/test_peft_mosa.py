@@ -361,3 +361,61 @@ def test_expert_split_is_saved_and_reloaded(tmp_path) -> None:
     fresh_up = mosa_adapters(fresh)[0].up
     torch.testing.assert_close(eval_logits(fresh, inputs), expected, rtol=0, atol=1e-6)
     assert torch.equal(fresh_up.weight_owner, up.weight_owner) and torch.equal(fresh_up.index_1, up.index_1)
+
+
+class _OfficialAdaptFormerMoSA(torch.nn.Module):
+    """MoSA's ``MoSABlock`` AdaptFormer branch with ``SHARE=down`` (vit_mosa.py), re-typed: ``adapter_up`` is a list
+    of full expert Linears whose gradients ``trainer.py`` masks with ``p.mask`` (``pruner.divide``)."""
+
+    def __init__(self, ours: MosaAdapter) -> None:
+        super().__init__()
+        f = torch.nn
+        self.adapter_norm = copy.deepcopy(ours.norm)
+        self.adapter_down = f.Linear(ours.dim, ours.r)
+        self.adapter_up = f.ModuleList(f.Linear(ours.r, ours.dim) for _ in range(ours.num_experts))
+        with torch.no_grad():
+            self.adapter_down.weight.copy_(ours.down.weight)
+            self.adapter_down.bias.copy_(ours.down.bias)
+            for k, up in enumerate(self.adapter_up):
+                w, b = ours.up.expert(k)
+                up.weight.copy_(w)
+                up.bias.copy_(b)
+                up.weight.mask = (ours.up.weight_owner.long() == k).view_as(w).to(w.dtype)
+                up.bias.mask = torch.ones_like(b)  # MODEL.ADAPTER.BIAS: 1-D masks are all ones
+        self.scale = ours.scale
+
+    def forward(self, h: torch.Tensor, b: int) -> torch.Tensor:
+        adpt = torch.nn.functional.gelu(self.adapter_down(self.adapter_norm(h)))
+        return self.adapter_up[b](adpt) * self.scale
+
+    def merged_up(self) -> tuple[torch.Tensor, torch.Tensor]:  # merge('add'): sum / expert_num
+        return (sum(u.weight for u in self.adapter_up) / len(self.adapter_up),
+                sum(u.bias for u in self.adapter_up) / len(self.adapter_up))
+
+
+def test_training_matches_the_official_module_step_for_step() -> None:
+    """Same weights, same draws, AdamW: the official experts (masked gradients, set_to_none) and ours stay equal."""
+    torch.manual_seed(0)
+    ours = MosaAdapter(12, 6, num_experts=4, dropout=0.0, seed=3)
+    official = _OfficialAdaptFormerMoSA(ours)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-2, weight_decay=0.05)
+    opt_off = torch.optim.AdamW(official.parameters(), lr=1e-2, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)
+    ours.train()
+    for b in (1, 1, 3, 0, 1):
+        x, target = torch.randn(5, 12, generator=g), torch.randn(5, 12, generator=g)
+        ours.route = (0, b)
+        for module, opt in ((ours, opt_ours), (official, opt_off)):
+            opt.zero_grad(set_to_none=True)
+            out = ours(x) if module is ours else official(x, b)
+            (out - target).pow(2).mean().backward()
+            for p in module.parameters():  # trainer.py --sparse-train: p.grad.data *= p.mask
+                if p.grad is not None and hasattr(p, "mask"):
+                    p.grad.mul_(p.mask)
+            opt.step()
+        torch.testing.assert_close(ours(x), official(x, b), rtol=1e-5, atol=1e-6)
+    w, bias = ours.up.merged()
+    w_off, b_off = official.merged_up()
+    torch.testing.assert_close(w, w_off, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bias, b_off, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.down.weight, official.adapter_down.weight, rtol=1e-5, atol=1e-6)
