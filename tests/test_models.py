@@ -112,3 +112,33 @@ def test_warm_start_batchnorm_statistics_start_from_the_data():
         m.num_batches_tracked.fill_(10_000)
         m.train()(x)
     torch.testing.assert_close(ours.running_var, ref.running_var)
+
+
+def test_head_init_follows_the_originals():
+    """Point-MAE/DAPT/IDPT fine-tune from a checkpoint without their trunc-normal init, so the head keeps PyTorch's
+    layer init (kaiming-uniform weights, non-zero biases); ``head_init: trunc_normal`` is the from-scratch rule."""
+    import torch
+
+    from pointpeft.models import build_point_transformer
+
+    torch.manual_seed(0)
+    default = build_point_transformer("point_mae_tiny", num_classes=5)
+    torch.manual_seed(0)
+    trunc = build_point_transformer("point_mae_tiny", num_classes=5, head_init="trunc_normal")
+    first = default.cls_head_finetune[0]
+    fan_in = first.weight.shape[1]
+    assert first.bias.abs().max() > 0  # PyTorch's uniform bias, not zero
+    assert first.weight.abs().max() <= 1 / fan_in**0.5 + 1e-6  # kaiming-uniform bound
+    assert trunc.cls_head_finetune[0].bias.abs().max() == 0
+    assert float(trunc.cls_head_finetune[0].weight.std()) < 0.03
+    # the backbone's own layers get trunc-normal 0.02 either way
+    assert torch.equal(default.blocks.blocks[0].mlp.fc1.bias, torch.zeros_like(default.blocks.blocks[0].mlp.fc1.bias))
+    # a fresh head (another pooling width) follows the same rule
+    assert default.set_pool(["cls", "patch_max", "patch_mean"])
+    assert default.cls_head_finetune[0].bias.abs().max() > 0
+    assert trunc.set_pool(["cls", "patch_max", "patch_mean"])
+    assert trunc.cls_head_finetune[0].bias.abs().max() == 0
+    import pytest
+
+    with pytest.raises(ValueError, match="head_init"):
+        build_point_transformer("point_mae_tiny", num_classes=5, head_init="zeros")

@@ -42,6 +42,8 @@ POOLS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "prompt_max": lambda x, g: _prompts(x, g).max(dim=1).values,
 }
 DEFAULT_POOL = ("cls", "patch_max")  # Point-MAE's head input: concat(CLS, max over patches)
+#: how the classification head is initialised (PointTransformerConfig.head_init)
+HEAD_INITS = ("torch", "trunc_normal")
 
 
 def check_pool(pool: Sequence[str]) -> None:
@@ -67,6 +69,8 @@ class PointTransformerConfig:
     head: str = "point_mae"  # point_mae (BN head) | point_bert (plain head)
     head_hidden: int = 256
     head_dropout: float = 0.5
+    head_init: str = "torch"  # torch: the head keeps PyTorch's layer init, as the originals fine-tuning from a
+    #                           checkpoint (their trunc-normal init runs only from scratch); trunc_normal: 0.02 as the rest
     reduce_dim: bool = False  # Point-BERT: Linear(encoder_dims -> trans_dim) after the Encoder
     fps_backend: str = "auto"
     pos_every_block: bool = True  # Point-MAE adds the position embedding before every block; false: once (DAPT)
@@ -83,6 +87,8 @@ class PointTransformerConfig:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         check_pool(self.pool)
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
 
 
 @dataclass
@@ -133,10 +139,16 @@ class PointTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self, root: nn.Module | None = None) -> None:
+        """trunc-normal 0.02 for every Linear/Conv1d, unit LayerNorms; the head as ``head_init`` says."""
         if root is None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
             nn.init.trunc_normal_(self.cls_pos, std=0.02)
+        keep = ({id(m) for m in self.cls_head_finetune.modules()} if self.cfg.head_init == "torch" else set())
+        if root is not None and self.cfg.head_init == "torch":
+            keep |= {id(m) for m in root.modules()}  # a fresh head (set_pool) keeps its PyTorch init too
         for m in (root or self).modules():
+            if id(m) in keep:
+                continue
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
