@@ -64,6 +64,19 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     return box[0]
 
 
+def global_means(sums: dict[str, float], count: int, info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Sample-weighted means over every rank's batches (the logged training loss/accuracy of the global batch, as
+    Point-MAE's runner reduces them); ``sums`` holds value x batch size per key, the same keys on every rank."""
+    keys = sorted(sums)
+    if info.enabled and dist.is_initialized():
+        t = torch.tensor([*(sums[k] for k in keys), float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        vals, count = t[:-1].tolist(), int(t[-1].item())
+    else:
+        vals = [sums[k] for k in keys]
+    return {k: v / max(count, 1) for k, v in zip(keys, vals)}
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -21,7 +21,7 @@ from pointpeft.config import Config, build_dataclass
 from pointpeft.data import build_dataset
 from pointpeft.engine import train_state as ck
 from pointpeft.engine.amp import make_grad_scaler, resolve_amp
-from pointpeft.engine.distributed import DistInfo, barrier, init_distributed
+from pointpeft.engine.distributed import DistInfo, barrier, global_means, init_distributed
 from pointpeft.engine.optim import build_optimizer, build_scheduler
 from pointpeft.engine.options import DataOptions, TrainOptions
 from pointpeft.engine.rng import capture_rng, restore_rng
@@ -235,7 +235,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v * b
             n += b
             self._call("after_step", logs)
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        return global_means(sums, n, self.dist, self.device)
 
     def evaluate(self) -> dict[str, float]:
         if self.val_loader is None:
