@@ -37,6 +37,7 @@ from typing import Any
 
 from pointpeft.config import yaml_load
 from pointpeft.data.vision.vtab import VTAB_GROUPS, VTAB_TASKS
+from pointpeft.recipes import family_methods
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
 
 GROUP_TITLES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
@@ -45,8 +46,7 @@ METHOD_ORDER = ("full", "linear", "vpt_deep", "lora", "adapter", "adaptformer", 
                 "adaptformer_x")
 #: the methods a run folder may be named after: every ViT recipe (cfgs/_base_/peft/vit/<method>.yaml, the one list
 #: the config generator reads) and the row labels above ("adapter_x" is read from a config's x_mode)
-KNOWN_METHODS = tuple(dict.fromkeys([*METHOD_ORDER, *sorted(
-    p.stem for p in (Path(__file__).resolve().parents[1] / "cfgs" / "_base_" / "peft" / "vit").glob("*.yaml"))]))
+KNOWN_METHODS = tuple(dict.fromkeys([*METHOD_ORDER, *family_methods("vit")]))
 METRIC_FALLBACKS = ("acc", "test/acc", "val/acc", "test_acc", "val_acc", "top1", "acc1")
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "resolved_config.yaml")
 

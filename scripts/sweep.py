@@ -45,20 +45,13 @@ from pointpeft.config import load_config
 from pointpeft.engine.launch import run as train_run
 from pointpeft.engine.ledger import entry_status, finished_entries, is_finished, record_run, record_tree
 from pointpeft.engine.summary import Row, collect, last_best_table, mean_std
+from pointpeft.recipes import method_names
 from pointpeft.utils.io import atomic_write_json, atomic_write_text
 from pointpeft.utils.misc import get_logger, setup_logging
 
 log = get_logger("sweep")
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "cfgs" / "_base_" / "peft"
-
-
-def recipe_methods() -> list[str]:
-    """Every method with a recipe (the stems of cfgs/_base_/peft/*.yaml: the one list of methods)."""
-    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
-
-
-METHODS = recipe_methods()
+METHODS = method_names()  # every method with a recipe in cfgs/_base_/peft
 #: one recipe per family: a searched value is shared by the family's methods
 SOLO_FAMILIES = ("full", "linear")
 #: minutes per epoch assumed by --plan before a method has a finished run (small backbone, 50 clouds/class,
