@@ -72,7 +72,25 @@ def test_config_errors(node: dict, match: str) -> None:
         pointpeft.build_model({"type": "vit", **node})
 
 
-@pytest.mark.parametrize("label, config", method_variants(), ids=[v[0] for v in method_variants()])
+def _serves_vit(config: dict) -> bool:
+    from pointpeft.registry import PEFT_METHODS
+
+    families = PEFT_METHODS.get(config["type"]).families
+    return families is None or "timm_vit" in families
+
+
+VIT_VARIANTS = [v for v in method_variants() if _serves_vit(v[1])]
+POINT_ONLY = [v for v in method_variants() if not _serves_vit(v[1])]
+
+
+@pytest.mark.parametrize("label, config", POINT_ONLY, ids=[v[0] for v in POINT_ONLY])
+def test_point_only_methods_refuse_a_vit_by_name(label: str, config: dict) -> None:
+    """Methods built on 3D centres or points (PointGST, GAPrompt, PointLoRA) say so instead of half-injecting."""
+    with pytest.raises(ConfigError, match=config["type"]):
+        get_peft_model(tiny(drop_path_rate=0.0), dict(config))
+
+
+@pytest.mark.parametrize("label, config", VIT_VARIANTS, ids=[v[0] for v in VIT_VARIANTS])
 def test_every_method_trains_on_digits(label: str, config: dict,
                                        digits_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Each PEFT method on the tiny ViT: a few AdamW steps on a digits batch lower that batch's loss, and only the
