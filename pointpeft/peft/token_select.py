@@ -25,6 +25,7 @@ from torch import nn
 from pointpeft.models.point_transformer import TokenizerOutput
 from pointpeft.models.tokenizer import Group
 from pointpeft.peft.aux_loss import AuxLossMixin
+from pointpeft.utils.modules import TransientState
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def gather_top_k(scores: torch.Tensor, k: int, *tensors: torch.Tensor) -> list[t
             for t in tensors]
 
 
-class MultiScaleTokenSelector(AuxLossMixin, nn.Module):
+class MultiScaleTokenSelector(AuxLossMixin, TransientState, nn.Module):
     """Tokenizer hook: appends the top-k tokens of every scale after the patch tokens; keeps the weighted entropy
     term of the last forward for :meth:`aux_losses`.
 
@@ -138,11 +139,6 @@ class MultiScaleTokenSelector(AuxLossMixin, nn.Module):
     def aux_losses(self) -> dict[str, torch.Tensor]:
         return {"token_select": self._aux} if self._aux is not None and self.loss_weight else {}
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        for k in self._TRANSIENT:  # a tensor holding an autograd graph cannot be copied or pickled
-            state[k] = None
-        return state
 
     def extra_repr(self) -> str:
         return f"scales={[(s.num_group, s.group_size, s.top_k) for s in self.scales]}, loss_weight={self.loss_weight}"

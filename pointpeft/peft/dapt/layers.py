@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointpeft.peft.adapterx.layers import PromptGenerator
+from pointpeft.utils.modules import TransientState
 
 SSF_INITS = ("normal", "identity")
 
@@ -49,7 +50,7 @@ class Ssf(nn.Module):
         return dataclasses.replace(out, tokens=self(out.tokens))
 
 
-class DynamicAdapter(nn.Module):
+class DynamicAdapter(TransientState, nn.Module):
     """``relu(W_s z) * up(dropout(gelu(down(z))))`` with ``z = LayerNorm(x)``: a bottleneck whose output is scaled per
     token by a learned non-negative significance. ``up`` starts at zero, so the adapter adds nothing at first.
 
@@ -92,11 +93,6 @@ class DynamicAdapter(nn.Module):
         self._last_output = None
         return torch.cat([output, prompt.to(output.dtype)], dim=1)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        for k in self._TRANSIENT:  # a tensor holding an autograd graph cannot be copied or pickled
-            state[k] = None
-        return state
 
     def extra_repr(self) -> str:
         return f"r={self.down.out_features}, prompt={self.prompt_generator is not None}"

@@ -9,6 +9,7 @@ from torch import nn
 from pointpeft.models.batchnorm import WarmStartBatchNorm1d
 from pointpeft.ops import farthest_point_sample, gather_points, knn_query
 from pointpeft.peft.point_prompts import inverse_distance_interpolate
+from pointpeft.utils.modules import TransientState
 
 #: prompt propagation's fixed weights (released): neighbourhood max + 0.3 x centre token, tokens + 0.3 x interpolation
 CENTER_WEIGHT = 0.3
@@ -16,7 +17,7 @@ PROPAGATE_WEIGHT = 0.3
 PROPAGATE_NEIGHBORS = 64  # inverse-distance interpolation over the 64 nearest level-2 centres (eps 1e-8)
 
 
-class GAPromptState:
+class GAPromptState(TransientState):
     """What one forward computes once and every block reads: the shape code, the patch centres and their level-2
     grouping (FPS of G/2 centres, each with its ``group_size / 2`` nearest centres), the token prompts' positions.
 
@@ -53,8 +54,6 @@ class GAPromptState:
         self.level2_centers = gather_points(centers, self.level2_index)
         self.level2_knn = knn_query(min(max(1, group_size // 2), G), centers, self.level2_centers)
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, **{k: None for k in self._TRANSIENT}}
 
 
 class GAPromptAdapter(nn.Module):

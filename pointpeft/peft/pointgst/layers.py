@@ -11,6 +11,7 @@ from torch import nn
 
 from pointpeft.ops.graph_spectral import graph_spectral_basis, partition_spectral_bases
 from pointpeft.ops.zorder import zorder_permutation
+from pointpeft.utils.modules import TransientState
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-class SpectralAdapter(nn.Module):
+class SpectralAdapter(TransientState, nn.Module):
     """PCSA: ``up(silu(h) + [h + T^-1 f_g(T h)] + [h + T_l^-1 f_l(T_l h)]) * scale`` with ``h = down(x)``; the
     bracketed terms only on the G patch tokens, ``f(z) = z' + silu(spectral(LN(z')))`` applied to ``z' = T h``.
 
@@ -126,11 +127,6 @@ class SpectralAdapter(nn.Module):
         out, self._pending = output + self._pending.to(output.dtype), None
         return out
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        for k in self._TRANSIENT:  # a tensor holding an autograd graph cannot be copied or pickled
-            state[k] = None
-        return state
 
     def extra_repr(self) -> str:
         return f"rank={self.down.out_features}, transform={self.transform!r}, scale={self.scale}"
