@@ -4,12 +4,12 @@ training subset or the test split, and the search's winners are computed from th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.scripts import load_script
 
 from pointpeft.data import build_dataset
 from pointpeft.engine.ledger import entry_status, finished_entries, is_finished, record_run, record_tree
@@ -20,10 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("sweep_tool_ledger", REPO / "scripts" / "sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/sweep.py")
 
 
 def _results(acc_last: float, status: str = "finished", method: str = "adapterx", time_s: float = 60.0) -> dict:

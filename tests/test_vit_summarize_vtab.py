@@ -3,7 +3,6 @@ run's task and method are found (results keys, resolved config beside it, path).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.scripts import load_script
 
 from pointpeft.data.vision import VTAB_TASKS
 
@@ -20,12 +20,9 @@ SCRIPT = REPO / "scripts" / "summarize_vtab.py"
 
 @pytest.fixture(scope="module")
 def sv():
-    spec = importlib.util.spec_from_file_location("summarize_vtab", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/summarize_vtab.py")
     yield mod
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop(mod.__name__, None)
 
 
 def acc_of(method_index: int, task_index: int) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.scripts import load_script
 
 from pointpeft.errors import InputError
 from pointpeft.viz import render
@@ -27,11 +28,7 @@ def _matplotlib_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _tool():  # noqa: ANN202 - the tools/visualize.py module
-    spec = importlib.util.spec_from_file_location("pointpeft_tool_visualize", REPO / "tools" / "visualize.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/visualize.py")
 
 
 def _png(path: Path) -> np.ndarray:
@@ -376,10 +373,7 @@ def test_tool_is_runnable_as_a_script(tmp_path: Path) -> None:
 
 
 def test_make_docs_images_writes_three_figures(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("pointpeft_tool_docs_images", REPO / "scripts" / "make_docs_images.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/make_docs_images.py")
     # no ModelNet40 at this root: the synthetic shapes stand in
     assert mod.main(["--root", str(tmp_path / "none"), "--out", str(tmp_path), "--size", "96",
                      "--backend", "matplotlib"]) == 0

@@ -3,13 +3,12 @@ accuracy vs trainable parameters, expert usage, few-shot table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.scripts import load_script
 
 from pointpeft.errors import DataError, InputError
 from pointpeft.viz import plots
@@ -108,10 +107,7 @@ def test_each_chart_renders(tmp_path: Path) -> None:
 
 
 def test_plot_command_line(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("pointpeft_tool_visualize_plots", REPO / "tools" / "visualize.py")
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool  # dataclasses look their module up there
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/visualize.py")
     a = _write_run(tmp_path / "a", "adapterx", 415_000, 88.4)
     b = _write_run(tmp_path / "b", "full", 22_099_752, 88.3)
     for kind in ("curves", "params", "fewshot"):
