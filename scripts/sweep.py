@@ -629,14 +629,16 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
            else f"{budget.get('test_per_class')} test clouds per class of ModelNet40")
         + f" ({sizes.get('val', '?')} clouds; plain single view). The main number is the **last epoch**; the best "
         "epoch (the originals' choice, made on the test split) stands beside it.",
-        f"- Seeds: {budget.get('seeds')} for every method; extra seeds {budget.get('more_seeds')} planned for "
-        f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std).",
+        (f"- Seeds: {budget.get('seeds')} for every method; extra seeds {budget.get('more_seeds')} planned for "
+         f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std)."
+         if budget.get("methods") else "- Seeds: the main table's runs have not started (`--plan` lists them)."),
         f"- Recipe: {_recipe_line(root, budget)}",
         f"- Hardware: {machine.get('cpu_model', '?')}, {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
         "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine: compare speeds "
         "with benchmarks/README.md, not with this column. `commit` is the commit each row ran on (`+`: with "
         "uncommitted changes in the tree).",
         "",
+        *_archived_line(out),
         "This is a small-budget table, not the paper's protocol (300 epochs on the full set from the "
         "official Point-MAE weights): use `scripts/paper_tables.sh` on a GPU for that. The `trainable %` column is "
         "relative to the small backbone, where the classification head alone is several percent.",
@@ -682,14 +684,23 @@ def _usage_section(rows: list, out: Path) -> list[str]:
             "least half the balanced share in each block.", "", f"![expert usage]({png.name})", ""]
 
 
+def _archived_line(out: Path) -> list[str]:
+    """A pointer to the archived tables beside ``out`` (other backbones or code, kept as they were generated)."""
+    old = sorted(out.parent.glob(f"{out.stem}-*.md"))
+    if not old:
+        return []
+    return ["Earlier tables (another backbone, code before the changes in docs/parity.md), archived as they were: "
+            + ", ".join(f"[{p.name}]({p.name})" for p in old) + ".", ""]
+
+
 def _recipe_line(root: Path, budget: dict) -> str:
     search = budget.get("search")
     if not search:
         return "each method's shipped config (cfgs/finetune/modelnet40/<method>.yaml), epochs as above."
     winners = search_winners(root, budget)
+    chosen = ", ".join(f"{f} {winners[f]}" for f in sorted(winners)) or "not yet, the search is unfinished"
     return ("each method's shipped config, with `" + search["key"] + "` chosen per family on the validation split "
-            "(see the recipe search below): "
-            + ", ".join(f"{f} {winners[f]}" for f in sorted(winners)) + ".")
+            f"(see the recipe search below): {chosen}.")
 
 
 if __name__ == "__main__":
