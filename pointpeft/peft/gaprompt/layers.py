@@ -32,12 +32,18 @@ class GAPromptState(TransientState):
 
     def reset_shift_stats(self) -> None:
         """Evaluation statistics of the point shift: summed |shift| and |x| over the points seen in eval mode."""
-        self.shift_abs = 0.0
-        self.point_abs = 0.0
+        self.shift_abs: torch.Tensor | float = 0.0
+        self.point_abs: torch.Tensor | float = 0.0
 
     def record_shift(self, before: torch.Tensor, after: torch.Tensor) -> None:
-        self.shift_abs += float((after - before).detach().abs().sum())
-        self.point_abs += float(before.detach().abs().sum())
+        """Sums stay on the device (no host sync a forward); ``shift_relative`` reads them once per evaluation."""
+        self.shift_abs = self.shift_abs + (after - before).detach().abs().sum()
+        self.point_abs = self.point_abs + before.detach().abs().sum()
+
+    def shift_relative(self) -> float | None:
+        """Mean |shift| / mean |coordinate| of the points recorded since the last reset; None before any."""
+        point_abs = float(self.point_abs)
+        return float(self.shift_abs) / point_abs if point_abs > 0 else None
 
     def clear(self) -> None:
         self.shape: torch.Tensor | None = None  # (B, 1, D)

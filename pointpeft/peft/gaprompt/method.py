@@ -167,8 +167,9 @@ class GAPrompt(PeftMethod):
         """``gaprompt``: the mean |shift| / mean |coordinate| of the evaluated clouds (how far the shift prompter
         moves points) and the point prompts as they enter the cloud (factor x points)."""
         state, out = getattr(self, "state", None), {}
-        if state is not None and state.point_abs > 0:
-            out["shift_relative"] = state.shift_abs / state.point_abs
+        shift = state.shift_relative() if state is not None else None
+        if shift is not None:
+            out["shift_relative"] = shift
         prompt = getattr(unwrap(model), "point_prompt", None)
         if prompt is not None:
             out["point_prompts"] = (prompt.points[0] * prompt.factor).detach().cpu().tolist()
