@@ -3,12 +3,8 @@
 Every method registered in ``pointpeft.registry.PEFT_METHODS`` joins the matrix in tests/test_peft_matrix.py
 automatically. What the matrix expects of a method comes from the method object built with its default config:
 
-* ``mergeable`` (bool): ``merge`` folds the method into the backbone weights;
-* ``adds_tokens`` (bool): prompt tokens are appended inside the blocks;
-* ``trains_backbone`` (tuple of dotted-name suffixes, default empty): existing backbone parameters the method trains
-  beyond the head and the CLS token (Adapter-X: ``norm2.weight``/``norm2.bias``);
-* ``drawn_experts`` (bool, default False): a step trains only the experts its forwards drew (MoSA), so some trainable
-  parameters get no gradient in a given step.
+``mergeable``, ``adds_tokens``, ``trains_backbone``, ``drawn_experts`` and ``families``, the extension points
+``pointpeft.peft.base.PeftMethod`` declares with their defaults (and documents).
 
 Whether the output is unchanged at initialisation is not read from the method: tests/test_init_output.py holds
 that table (a method cannot opt out by omission). ``MATRIX_CONFIGS`` holds the config a method is tested with when
@@ -97,7 +93,7 @@ FAMILIES = {"point": "point_transformer", "vit": "timm_vit"}
 def supports(config: dict[str, Any], kind: str) -> bool:
     """Whether the method injects into this backbone kind (its ``families``; None: all). The others must refuse it
     with a ConfigError (tests/test_init_output.py)."""
-    families = getattr(method_for(build_peft_config(config)), "families", None)
+    families = method_for(build_peft_config(config)).families
     return families is None or FAMILIES[kind] in families
 
 
@@ -129,10 +125,10 @@ def expectation(config: dict[str, Any]) -> Expectation:
     """What the method promises, read from the method object built with ``config``."""
     method = method_for(build_peft_config(config))
     return Expectation(
-        mergeable=bool(getattr(method, "mergeable", False)),
-        adds_tokens=bool(getattr(method, "adds_tokens", False)),
-        trains_backbone=tuple(getattr(method, "trains_backbone", ())),
-        drawn_experts=bool(getattr(method, "drawn_experts", False)),
+        mergeable=bool(method.mergeable),
+        adds_tokens=bool(method.adds_tokens),
+        trains_backbone=tuple(method.trains_backbone),
+        drawn_experts=bool(method.drawn_experts),
     )
 
 

@@ -73,8 +73,7 @@ def _method_options(model: nn.Module) -> dict[str, dict[str, float]]:
     from pointpeft.peft import get_method
 
     method = get_method(model)
-    hook = getattr(method, "param_group_options", None)
-    options = hook(unwrap(model)) if callable(hook) else {}
+    options = method.param_group_options(unwrap(model)) if method is not None else {}
     allowed = {"lr", "weight_decay"}
     for name, opts in options.items():
         bad = sorted(set(opts) - allowed)

@@ -85,6 +85,9 @@ class PeftMethod:
     #: dotted-name suffixes of existing backbone parameters the method trains (e.g. Adapter-X's block norms
     #: ``norm2.weight``); everything else of the backbone stays frozen, which the shared PEFT tests check.
     trains_backbone: ClassVar[tuple[str, ...]] = ()
+    #: a training step trains only the experts its forwards drew (MoSA), so some trainable parameters may get no
+    #: gradient in a given step; the shared PEFT tests allow that for methods that declare it.
+    drawn_experts: ClassVar[bool] = False
 
     def __init__(self, config: PeftConfig) -> None:
         self.config = config

@@ -50,7 +50,7 @@ class Mosa(PeftMethod):
     zero_init_output = True  # up projections start at zero
 
     @property
-    def drawn_experts(self) -> bool:
+    def drawn_experts(self) -> bool:  # type: ignore[override]
         """A step trains only the experts its forwards drew; the others get no gradient (and no optimiser step)."""
         return self.config.style != "linear" and self.config.num_modules > 1
 
