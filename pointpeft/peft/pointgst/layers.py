@@ -28,9 +28,11 @@ class SpectralBases:
         return self.global_basis.shape[-1]
 
 
-class SpectralBasisCache:
+class SpectralBasisCache(TransientState):
     """Builds the bases from the tokenizer's centres once per forward (a tokenizer hook); every block's adapter reads
-    them. A plain object shared by the adapters, so the bases are never part of a state dict."""
+    them. A plain object shared by the adapters, so the bases are never part of a state dict (nor of a copy)."""
+
+    _TRANSIENT = ("bases",)
 
     def __init__(self, local: int, distance_scale: str = "batch", zorder_wrap: bool = True) -> None:
         self.local = local
@@ -55,15 +57,12 @@ class SpectralBasisCache:
             raise RuntimeError("PointGST: no spectral bases; the model's tokenizer hook did not run in this forward")
         return self.bases
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "bases": None}
-
 
 def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-class SpectralAdapter(TransientState, nn.Module):
+class SpectralAdapter(nn.Module):
     """PCSA: ``up(silu(h) + [h + T^-1 f_g(T h)] + [h + T_l^-1 f_l(T_l h)]) * scale`` with ``h = down(x)``; the
     bracketed terms only on the G patch tokens, ``f(z) = z' + silu(spectral(LN(z')))`` applied to ``z' = T h``.
 
@@ -71,8 +70,6 @@ class SpectralAdapter(TransientState, nn.Module):
     runs, transformed, then unsorted). ``spectral`` (zero-initialised) is one linear shared by both branches, each
     with its own LayerNorm, as released; ``up`` is zero, so the adapter adds nothing at first.
     """
-
-    _TRANSIENT = ("_pending",)
 
     def __init__(self, dim: int, rank: int, bases: SpectralBasisCache, transform: str = "released",
                  scale: float = 1.0) -> None:
@@ -89,7 +86,6 @@ class SpectralAdapter(TransientState, nn.Module):
         self.bases = bases
         self.transform = transform
         self.scale = float(scale)
-        self._pending: torch.Tensor | None = None
 
     def _to_spectral(self, basis: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return basis @ x if self.transform == "released" else basis.transpose(-2, -1) @ x
@@ -113,20 +109,6 @@ class SpectralAdapter(TransientState, nn.Module):
         act = F.silu(h)
         mixed = torch.cat([act[:, :1], act[:, 1 : 1 + g] + glob + loc, act[:, 1 + g :]], dim=1)
         return self.up(mixed) * self.scale
-
-    # -- block wiring: the adapter reads the block's post-attention tokens (norm2's input) and its output is added
-    #    to the block's output, outside the FFN's drop path, as in the released Block.forward
-    def capture(self, norm2: nn.Module, args: tuple) -> None:
-        """Forward pre-hook of the block's norm2: run the adapter on its input."""
-        self._pending = self(args[0])
-
-    def add_output(self, block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        """Forward hook of the block: add the adapter output computed during this block's forward."""
-        if self._pending is None:
-            raise RuntimeError("PointGST: the block ran without its norm2, no adapter output to add")
-        out, self._pending = output + self._pending.to(output.dtype), None
-        return out
-
 
     def extra_repr(self) -> str:
         return f"rank={self.down.out_features}, transform={self.transform!r}, scale={self.scale}"

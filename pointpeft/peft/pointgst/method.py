@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from pointpeft.errors import ConfigError
+from pointpeft.peft.adapter.placement import attach_residual_branch
 from pointpeft.peft.base import PeftMethod
 from pointpeft.peft.point_only import require_point_transformer
 from pointpeft.peft.pointgst.config import PointGSTConfig
@@ -44,6 +45,6 @@ class PointGST(PeftMethod):
                 raise ValueError(f"{type(block).__name__} already carries a PointGST adapter")
             ref = block.mlp.fc1.weight  # the backbone's device and dtype
             adapter = SpectralAdapter(spec.embed_dim, cfg.rank, cache, cfg.transform, cfg.scale)
-            block.add_module(ADAPTER_ATTR, adapter.to(ref.device, ref.dtype))
-            block.norm2.register_forward_pre_hook(adapter.capture)
-            block.register_forward_hook(adapter.add_output)
+            # reads the block's post-attention tokens (norm2's input); its output joins the block's output outside
+            # the FFN's drop path, as the released Block.forward (AdaptFormer's placement)
+            attach_residual_branch(block, adapter.to(ref.device, ref.dtype), block, ADAPTER_ATTR)
