@@ -34,6 +34,7 @@ from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.ops.chamfer import chamfer_l1, chamfer_l2
 from pointpeft.registry import MODELS
+from pointpeft.utils.modules import unwrap
 
 #: Reconstruction losses by Point-MAE's config name.
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"cdl2": chamfer_l2, "cdl1": chamfer_l1}
@@ -301,7 +302,7 @@ def export_pretrain_checkpoint(model: nn.Module, path: str | os.PathLike, *, epo
     """
     from pointpeft.utils.io import atomic_torch_save
 
-    target = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+    target = unwrap(model)
     if not isinstance(target, PointMAE):
         raise InputError(f"export_pretrain_checkpoint needs a PointMAE model, got {type(target).__name__}")
     state = {k: v.detach().cpu().clone() for k, v in target.state_dict().items()}

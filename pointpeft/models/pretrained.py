@@ -36,6 +36,7 @@ from torch import nn
 
 from pointpeft.errors import CheckpointError
 from pointpeft.utils.misc import get_logger
+from pointpeft.utils.modules import unwrap
 
 log = get_logger("models.pretrained")
 
@@ -239,7 +240,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *, strict: bool =
     (key and both shapes), a checkpoint of another architecture, or a class-count mismatch in the head.
     """
     path_s = str(path)
-    target = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+    target = unwrap(model)
     raw = read_checkpoint(path)
     state, container = extract_state_dict(raw, path_s)
     ckpt, fmt = convert_state_dict(state, container)
