@@ -175,7 +175,7 @@ class PointTransformer(nn.Module):
         the cloud needs no gradient, nothing here does, so it runs under no_grad and backward stops at the first
         block; a cloud that needs gradients (trainable point prompts) gets them through the frozen tokenizer.
         """
-        for hook in list(getattr(self, "_point_hooks", {}).values()):
+        for hook in list(self._point_hooks.values()):
             moved = hook(self, pts)
             pts = pts if moved is None else moved
         tok_params = [*self.encoder.parameters(), *self.pos_embed.parameters()]
@@ -196,8 +196,6 @@ class PointTransformer(nn.Module):
         cloud (B, N, 3) before grouping, in registration order (GAPrompt's point shift and point prompts; None keeps
         the cloud). Gradients of the returned cloud flow back through the frozen tokenizer (see :meth:`tokenize`).
         """
-        if not hasattr(self, "_point_hooks"):
-            self._point_hooks = OrderedDict()
         handle = RemovableHandle(self._point_hooks)
         self._point_hooks[handle.id] = hook
         return handle
