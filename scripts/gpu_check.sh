@@ -22,6 +22,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
+# time limits below are for a GPU machine; a busy CPU in --dry-run gets them scaled (LIMIT_SCALE, default 4 there)
+LIMIT_SCALE="${LIMIT_SCALE:-$([ $DRY -eq 1 ] && echo 4 || echo 1)}"
 OUT="${OUT:-$REPO/gpu_check/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
@@ -37,7 +39,7 @@ DATA="${DATA:-$(pick "$REPO/../shared/data/modelnet40_ply_hdf5_1024" "$REPO/shar
 WEIGHTS="${WEIGHTS:-$(pick "$REPO/../shared/weights/point_mae_small_mn40.pth" "$REPO/shared/weights/point_mae_small_mn40.pth")}"
 
 step() {  # step NAME TIMEOUT_S COMMAND...: run, log to $OUT/NAME.log, record status and seconds
-  local name="$1" limit="$2"; shift 2
+  local name="$1" limit=$(( $2 * LIMIT_SCALE )); shift 2
   local t=$(date +%s)
   echo "== $name (limit ${limit}s): $*" | tee -a "$OUT/$name.log"
   timeout --signal=TERM --kill-after=20 "$limit" "$@" >> "$OUT/$name.log" 2>&1
