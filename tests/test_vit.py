@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft_cases import method_variants, single_thread  # noqa: F401  (fixture)
+from peft_cases import method_variants, single_thread, supports  # noqa: F401  (fixture)
 from torch import nn
 
 import pointpeft
@@ -72,15 +72,8 @@ def test_config_errors(node: dict, match: str) -> None:
         pointpeft.build_model({"type": "vit", **node})
 
 
-def _serves_vit(config: dict) -> bool:
-    from pointpeft.registry import PEFT_METHODS
-
-    families = PEFT_METHODS.get(config["type"]).families
-    return families is None or "timm_vit" in families
-
-
-VIT_VARIANTS = [v for v in method_variants() if _serves_vit(v[1])]
-POINT_ONLY = [v for v in method_variants() if not _serves_vit(v[1])]
+VIT_VARIANTS = [v for v in method_variants() if supports(v[1], "vit")]
+POINT_ONLY = [v for v in method_variants() if not supports(v[1], "vit")]
 
 
 @pytest.mark.parametrize("label, config", POINT_ONLY, ids=[v[0] for v in POINT_ONLY])

@@ -73,8 +73,10 @@ class PeftMethod:
     #: DAPT's prompt mean); otherwise get_peft_model strips them there.
     keeps_tokens: ClassVar[bool] = False
     #: backbone families (``BackboneSpec.family``) the method injects into; None: every family. A method that needs
-    #: what only some backbones have (PointGST's patch centres) refuses the others with a ConfigError.
+    #: what only some backbones have (PointGST's patch centres) declares them; get_peft_model refuses the others
+    #: with a ConfigError before anything is changed, saying what the method ``needs`` from them.
     families: ClassVar[tuple[str, ...] | None] = None
+    needs: ClassVar[str] = "what only those backbones have"
 
     #: prompt tokens are appended inside the blocks: get_peft_model records the backbone's own token count at the
     #: first block (and, unless ``keeps_tokens``, strips the prompts after the last one). A property may compute it.

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pointpeft.errors import ConfigError
 from pointpeft.models.backbone import BackboneSpec, describe_backbone
 from pointpeft.peft.attach import finish_token_context, install_token_context
 from pointpeft.peft.aux_loss import collect_aux_losses
@@ -53,6 +54,9 @@ def get_peft_model(model: nn.Module, config: PeftConfig | Mapping[str, Any] | st
         raise ValueError(f"model already has PEFT method {model.peft_config.type!r}; build a fresh base model")
     spec: BackboneSpec = describe_backbone(model)
     method = method_for(cfg)
+    if method.families is not None and spec.family not in method.families:
+        raise ConfigError(f"peft method {cfg.type!r} needs {method.needs}, which only {' / '.join(method.families)} "
+                          f"backbones provide; {type(model).__name__} is a {spec.family}")
     for p in model.parameters():
         p.requires_grad_(False)
     ctx = install_token_context(spec.blocks) if method.adds_tokens else None

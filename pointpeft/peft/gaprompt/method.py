@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pointpeft.errors import ConfigError
 from pointpeft.models.heads import HEADS
 from pointpeft.models.tokenizer import as_param_dtype, check_points
 from pointpeft.peft.base import PeftMethod
@@ -116,17 +115,14 @@ class GAPrompt(PeftMethod):
     """Point prompts, point shift prompter, token prompts with the shape code, prompt propagation, adapters."""
 
     name = "gaprompt"
-    families = ("point_transformer",)  # PeftMethod.families: the cloud and the patch centres it needs
     config_class = GAPromptConfig
     zero_init_output = False  # the shift, adapters and new head change the output from the first step
     #: backbone families it injects into: point prompts need a 3D cloud, propagation the patch centres
     families = ("point_transformer",)
+    needs = ("a point transformer (its point prompts and point shift act on the 3D input cloud, its prompt "
+             "propagation on the patch centres)")
 
     def inject(self, model: nn.Module, spec: Any) -> None:
-        if spec.family != "point_transformer":
-            raise ConfigError(
-                f"peft method 'gaprompt' needs a point transformer, not a {spec.family}\n(its point prompts and point "
-                "shift act on the 3D input cloud and its prompt propagation on the patch centres, which a ViT lacks)")
         cfg: GAPromptConfig = self.config
         ref = model.cls_token  # the backbone's device and dtype
         D, arch = spec.embed_dim, model.cfg
@@ -140,8 +136,7 @@ class GAPrompt(PeftMethod):
             model.add_module("shift_net", shift.to(ref))
             mlp = nn.Sequential(nn.Linear(shift.shape_dim, 16), nn.GELU(), nn.Dropout(0.25), nn.Linear(16, D))
             model.add_module("shape_feature_mlp", _released_init(mlp).to(ref))
-            pool = getattr(arch, "pool", ("cls", "patch_max"))
-            head = HEADS[arch.head](D * (len(pool) + 1), model.num_classes, arch.head_hidden, cfg.head_dropout)
+            head = HEADS[arch.head](D * (len(arch.pool) + 1), model.num_classes, arch.head_hidden, cfg.head_dropout)
             model.cls_head_finetune = _released_init(head).to(ref)
             model.cls_head_finetune.register_forward_pre_hook(hooks.head_input)
         if cfg.prompt_depth:

@@ -15,7 +15,6 @@ from torch import nn
 from pointpeft.errors import ConfigError
 from pointpeft.peft.adapter.placement import attach_residual_branch
 from pointpeft.peft.base import PeftMethod
-from pointpeft.peft.point_only import require_point_transformer
 from pointpeft.peft.pointgst.config import PointGSTConfig
 from pointpeft.peft.pointgst.layers import SpectralAdapter, SpectralBasisCache
 
@@ -30,10 +29,10 @@ class PointGST(PeftMethod):
     zero_init_output = True  # up projections start at zero
     #: backbone families it injects into: the graph needs the 3D patch centres
     families = ("point_transformer",)
+    needs = "the 3D patch centres to build its graph spectral bases"
 
     def inject(self, model: nn.Module, spec: Any) -> None:
         cfg = self.config
-        require_point_transformer(model, self.name, "the 3D patch centres to build its graph spectral bases")
         groups = model.num_patch_tokens
         if groups % cfg.local:
             raise ConfigError(f"pointgst: local ({cfg.local}) must divide the number of patches (model.num_group = "

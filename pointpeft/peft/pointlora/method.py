@@ -15,7 +15,6 @@ from pointpeft.peft.attach import attach_adapter
 from pointpeft.peft.base import PeftMethod
 from pointpeft.peft.lora.layers import LoraBranch
 from pointpeft.peft.lora.method import target_linears
-from pointpeft.peft.point_only import require_point_transformer
 from pointpeft.peft.pointlora.config import PointLoraConfig
 from pointpeft.peft.pointlora.layers import PointLoraModules, PromptedLoraBranch
 from pointpeft.peft.token_select import MultiScaleTokenSelector
@@ -35,6 +34,7 @@ class PointLora(PeftMethod):
     config_class = PointLoraConfig
     #: backbone families it injects into: the token selection tokenizes the 3D input cloud again
     families = ("point_transformer",)
+    needs = "the input clouds to tokenize them at more scales"
 
     @property
     def trains_backbone(self) -> tuple[str, ...]:
@@ -45,7 +45,6 @@ class PointLora(PeftMethod):
 
     def inject(self, model: nn.Module, spec: Any) -> None:
         cfg = self.config
-        require_point_transformer(model, self.name, "the input clouds to tokenize them at more scales")
         ref = next(model.parameters())
         targets = {t: target_linears(spec, [t]) for t in cfg.target_modules}
         selector = MultiScaleTokenSelector(spec.embed_dim, cfg.token_scales(), cfg.mask_loss_weight,
