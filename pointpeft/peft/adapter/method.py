@@ -48,11 +48,11 @@ class Adapter(ExpertUsageRecords, PeftMethod):
             adapter = Bottleneck(spec.embed_dim, cfg.r, cfg.dropout, cfg.scale, cfg.learnable_scale, cfg.layernorm,
                                  cfg.activation)
             ref = block.mlp.fc1.weight  # the backbone's device and dtype
-            adapter = adapter.to(ref.device, ref.dtype)
-            if getattr(cfg, "attach", None) == "residual":
-                attach_residual_branch(block, adapter, block.mlp, "peft_adapter")
-            else:
-                attach_adapter(block.mlp, adapter, self.position)
+            self._join_block(block, adapter.to(ref.device, ref.dtype))
+
+    def _join_block(self, block: nn.Module, adapter: nn.Module) -> None:
+        """Attach one block's adapter at ``position`` relative to its FFN."""
+        attach_adapter(block.mlp, adapter, self.position)
 
     def trainable_modules(self, model: nn.Module, spec: Any) -> list[nn.Module | nn.Parameter]:
         parts = super().trainable_modules(model, spec)
@@ -66,3 +66,10 @@ class AdaptFormer(Adapter):
     name = "adaptformer"
     config_class = AdaptFormerConfig
     position = "parallel"
+
+    def _join_block(self, block: nn.Module, adapter: nn.Module) -> None:
+        """``attach: residual``: AdaptFormer's placement (the residual stream, added outside the FFN's drop path)."""
+        if self.config.attach == "residual":
+            attach_residual_branch(block, adapter, block.mlp, "peft_adapter")
+        else:
+            super()._join_block(block, adapter)
