@@ -9,7 +9,7 @@ Freezing is decided in this one place, never by name substrings in an optimizer 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,8 +38,7 @@ class PeftConfig:
     frozen_bn: str = "train"
 
     def __post_init__(self) -> None:
-        if self.frozen_bn not in FROZEN_BN_MODES:
-            raise ValueError(f"frozen_bn must be one of {list(FROZEN_BN_MODES)}, got {self.frozen_bn!r}")
+        self.require_choice("frozen_bn", FROZEN_BN_MODES)
         self.validate()
 
     def validate(self) -> None:
@@ -51,6 +50,19 @@ class PeftConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    def require_choice(self, name: str, choices: Sequence[str]) -> None:
+        """ValueError unless the field is one of ``choices``."""
+        v = getattr(self, name)
+        if v not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
+
+    def require_bool(self, *names: str) -> None:
+        """ValueError naming the first field that is not true or false (YAML's ``yes`` strings are not)."""
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
 
     def require_probability(self, name: str) -> None:
         """ValueError unless the field is a dropout-like rate in [0, 1)."""

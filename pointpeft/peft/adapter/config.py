@@ -35,10 +35,8 @@ class AdapterConfig(PeftConfig):
     def validate(self) -> None:
         self.require_positive_int("r")
         self.require_probability("dropout")
-        if self.layernorm not in LAYERNORM_OPTIONS:
-            raise ValueError(f"layernorm must be one of {list(LAYERNORM_OPTIONS)}, got {self.layernorm!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        self.require_choice("layernorm", LAYERNORM_OPTIONS)
+        self.require_choice("activation", ACTIVATIONS)
         if not isinstance(self.x, dict):
             raise ValueError(f"x must be a mapping of Adapter-X options, got {type(self.x).__name__}")
         if self.x and not self.x_mode:
@@ -66,5 +64,4 @@ class AdaptFormerConfig(AdapterConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.attach not in ATTACH_OPTIONS:
-            raise ValueError(f"attach must be one of {list(ATTACH_OPTIONS)}, got {self.attach!r}")
+        self.require_choice("attach", ATTACH_OPTIONS)

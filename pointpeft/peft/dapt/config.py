@@ -53,15 +53,11 @@ class DaptConfig(PeftConfig):
     def validate(self) -> None:
         self.require_positive_int("r")
         self.require_probability("dropout")
-        for name in ("prompt", "x_mode"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        self.require_bool("prompt", "x_mode")
         if self.ssf is not None and not isinstance(self.ssf, bool):
             raise ValueError(f"ssf must be true, false or null, got {self.ssf!r}")
-        if self.ssf_init not in SSF_INITS:
-            raise ValueError(f"ssf_init must be one of {list(SSF_INITS)}, got {self.ssf_init!r}")
-        if self.pos_embed not in POS_EMBED:
-            raise ValueError(f"pos_embed must be one of {list(POS_EMBED)}, got {self.pos_embed!r}")
+        self.require_choice("ssf_init", SSF_INITS)
+        self.require_choice("pos_embed", POS_EMBED)
         if not isinstance(self.x, dict):
             raise ValueError(f"x must be a mapping of Adapter-X options, got {type(self.x).__name__}")
         if self.x and not self.x_mode:

@@ -66,12 +66,9 @@ class GAPromptConfig(PeftConfig):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool):
                 raise ValueError(f"{name} must be a number, got {v!r}")
-        if not isinstance(self.shift_prompter, bool):
-            raise ValueError(f"shift_prompter must be true or false, got {self.shift_prompter!r}")
-        if self.propagation not in PROPAGATIONS:
-            raise ValueError(f"propagation must be one of {list(PROPAGATIONS)}, got {self.propagation!r}")
-        if self.propagation_gather not in GATHERS:
-            raise ValueError(f"propagation_gather must be one of {list(GATHERS)}, got {self.propagation_gather!r}")
+        self.require_bool("shift_prompter")
+        self.require_choice("propagation", PROPAGATIONS)
+        self.require_choice("propagation_gather", GATHERS)
         if self.shift_prompter and not self.train_head:
             raise ValueError("train_head must be true with shift_prompter: the shape code widens the head's input "
                              "to 3 x the width, so the head is new")

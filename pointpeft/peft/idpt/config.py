@@ -42,9 +42,7 @@ class IdptConfig(PeftConfig):
         self.require_positive_int("k", "num_edgeconv", "num_prompts")
         if not isinstance(self.prompt_layer, int) or isinstance(self.prompt_layer, bool):
             raise ValueError(f"prompt_layer must be an integer block index, got {self.prompt_layer!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
-        if not isinstance(self.train_prompt_pos, bool):
-            raise ValueError(f"train_prompt_pos must be true or false, got {self.train_prompt_pos!r}")
+        self.require_choice("activation", ACTIVATIONS)
+        self.require_bool("train_prompt_pos")
         if self.pool is not None:
             check_pool(self.pool)

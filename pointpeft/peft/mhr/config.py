@@ -54,13 +54,10 @@ class MhrConfig(PeftConfig):
     routing_init: float = 1e-3  # Z starts uniform in [-routing_init, routing_init] (an almost even mix)
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        self.require_choice("mode", MODES)
         self.require_positive_int("num_skills", "heads", "num_tasks", "r")
-        if self.head_split not in HEAD_SPLITS:
-            raise ValueError(f"head_split must be one of {list(HEAD_SPLITS)}, got {self.head_split!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
+        self.require_choice("head_split", HEAD_SPLITS)
+        self.require_choice("init", INITS)
         if self.mode in ("mhr", "mhr_z") and self.head_split == "rank" and self.r % self.heads:
             raise ValueError(f"r ({self.r}) must be divisible by heads ({self.heads}): heads are slices of the rank")
         if self.routing_lr is not None and (isinstance(self.routing_lr, bool) or not self.routing_lr > 0):

@@ -61,9 +61,8 @@ class MosaConfig(PeftConfig):
 
     def validate(self) -> None:
         self.require_positive_int("r", "num_modules", "num_active", "num_groups", "num_active_groups")
-        for name, allowed in (("style", STYLES), ("share", SHARES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        self.require_choice("style", STYLES)
+        self.require_choice("share", SHARES)
         if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, int | float)):
             raise ValueError(f"scale must be a number or null, got {self.scale!r}")
         if self.dropout is not None:
@@ -74,12 +73,9 @@ class MosaConfig(PeftConfig):
         elif self.num_active != 1 or self.hierarchical or self.sparse_view != "module" or self.activation != "none":
             raise ValueError(f"num_active, hierarchical, sparse_view and activation are options of style linear; "
                              f"style {self.style!r} draws one expert per projection")
-        if self.sparse_view not in SPARSE_VIEWS:
-            raise ValueError(f"sparse_view must be one of {list(SPARSE_VIEWS)}, got {self.sparse_view!r}")
-        if self.module_merge not in MODULE_MERGES:
-            raise ValueError(f"module_merge must be one of {list(MODULE_MERGES)}, got {self.module_merge!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        self.require_choice("sparse_view", SPARSE_VIEWS)
+        self.require_choice("module_merge", MODULE_MERGES)
+        self.require_choice("activation", ACTIVATIONS)
         if self.num_active > self.num_modules:
             raise ValueError(f"num_active ({self.num_active}) must be <= num_modules ({self.num_modules})")
         if self.hierarchical:

@@ -40,11 +40,8 @@ class PointGSTConfig(PeftConfig):
         self.require_positive_int("rank", "local")
         if self.local < 2:
             raise ValueError(f"local must be at least 2 (a graph of one centre has no spectrum), got {self.local}")
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {list(TRANSFORMS)}, got {self.transform!r}")
-        if self.distance_scale not in DISTANCE_SCALES:
-            raise ValueError(f"distance_scale must be one of {list(DISTANCE_SCALES)}, got {self.distance_scale!r}")
-        if not isinstance(self.zorder_wrap, bool):
-            raise ValueError(f"zorder_wrap must be true or false, got {self.zorder_wrap!r}")
+        self.require_choice("transform", TRANSFORMS)
+        self.require_choice("distance_scale", DISTANCE_SCALES)
+        self.require_bool("zorder_wrap")
         if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):
             raise ValueError(f"scale must be a number, got {self.scale!r}")

@@ -57,8 +57,7 @@ class PointLoraConfig(PeftConfig):
         w = self.mask_loss_weight
         if not isinstance(w, int | float) or isinstance(w, bool) or w < 0:
             raise ValueError(f"mask_loss_weight must be a number >= 0, got {w!r}")
-        if not isinstance(self.reuse_base_tokens, bool):
-            raise ValueError(f"reuse_base_tokens must be true or false, got {self.reuse_base_tokens!r}")
+        self.require_bool("reuse_base_tokens")
 
     def token_scales(self) -> list[TokenScale]:
         return parse_scales(self.scales)

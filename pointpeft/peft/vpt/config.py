@@ -25,8 +25,7 @@ class VptDeepConfig(PeftConfig):
     def validate(self) -> None:
         self.require_positive_int("num_prompts")
         self.require_probability("dropout")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
+        self.require_choice("init", INITS)
         if self.prompt_pos is not None and not isinstance(self.prompt_pos, bool):
             raise ValueError(f"prompt_pos must be true, false or null, got {self.prompt_pos!r}")
         if self.init_std <= 0:
