@@ -139,6 +139,5 @@ class MultiScaleTokenSelector(AuxLossMixin, TransientState, nn.Module):
     def aux_losses(self) -> dict[str, torch.Tensor]:
         return {"token_select": self._aux} if self._aux is not None and self.loss_weight else {}
 
-
     def extra_repr(self) -> str:
         return f"scales={[(s.num_group, s.group_size, s.top_k) for s in self.scales]}, loss_weight={self.loss_weight}"

@@ -121,6 +121,8 @@ class GAPrompt(PeftMethod):
     families = ("point_transformer",)
     needs = ("a point transformer (its point prompts and point shift act on the 3D input cloud, its prompt "
              "propagation on the patch centres)")
+    #: the injected model's per-forward state (set by inject; read by the evaluation records)
+    state: GAPromptState | None = None
 
     def inject(self, model: nn.Module, spec: Any) -> None:
         cfg: GAPromptConfig = self.config
@@ -155,14 +157,14 @@ class GAPrompt(PeftMethod):
         model.register_tokenizer_hook(hooks.tokenized)
 
     def start_evaluation(self, model: nn.Module) -> None:
-        if getattr(self, "state", None) is not None:
+        if self.state is not None:
             self.state.reset_shift_stats()
 
     def evaluation_records(self, model: nn.Module) -> dict[str, Any]:
         """``gaprompt``: the mean |shift| / mean |coordinate| of the evaluated clouds (how far the shift prompter
         moves points) and the point prompts as they enter the cloud (factor x points)."""
-        state, out = getattr(self, "state", None), {}
-        shift = state.shift_relative() if state is not None else None
+        out: dict[str, Any] = {}
+        shift = self.state.shift_relative() if self.state is not None else None
         if shift is not None:
             out["shift_relative"] = shift
         prompt = getattr(unwrap(model), "point_prompt", None)
