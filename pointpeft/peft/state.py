@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,16 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, p in model.named_parameters():
         if id(p) in trainable:
             out[name] = p.detach()
-    for mod_name, m in model.named_modules():
-        if id(m) in state_modules or any(id(p) in trainable for p in m.parameters(recurse=False)):
-            for b_name, b in m.named_buffers(recurse=False):
-                if b_name not in m._non_persistent_buffers_set:
-                    out[f"{mod_name}.{b_name}" if mod_name else b_name] = b.detach()
+    out.update(_persistent_buffers(model, lambda m: id(m) in state_modules
+                                   or any(id(p) in trainable for p in m.parameters(recurse=False))))
     return out
+
+
+def _persistent_buffers(model: nn.Module, keep: Callable[[nn.Module], bool]) -> dict[str, torch.Tensor]:
+    """The state-dict buffers (by full name) of the modules ``keep`` accepts."""
+    return {f"{mod_name}.{b_name}" if mod_name else b_name: b.detach()
+            for mod_name, m in model.named_modules() if keep(m)
+            for b_name, b in m.named_buffers(recurse=False) if b_name not in m._non_persistent_buffers_set}
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -150,8 +155,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
 def _frozen_bn_statistics(model: nn.Module) -> set[str]:
     """State-dict names of the buffers of frozen BatchNorms (saved with ``frozen_bn: train``)."""
     frozen = {id(m) for m in getattr(model, "_peft_frozen_norms", ())}
-    return {f"{n}.{b}" for n, m in model.named_modules() if id(m) in frozen
-            for b, _ in m.named_buffers(recurse=False) if b not in m._non_persistent_buffers_set}
+    return set(_persistent_buffers(model, lambda m: id(m) in frozen))
 
 
 def merge(model: nn.Module) -> nn.Module:
