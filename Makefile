@@ -25,7 +25,7 @@ test: setup
 	bash scripts/run_tests.sh $(PY)
 
 lint: setup
-	$(PY) -m ruff check pointpeft tools tests scripts
+	$(PY) -m ruff check pointpeft tools tests scripts datasets benchmarks
 
 bench: setup
 	$(PY) tools/benchmark.py --quick

@@ -34,6 +34,7 @@ from torch import nn
 
 from pointpeft.peft.adapterx.config import XOptions
 from pointpeft.peft.aux_loss import AuxLossMixin
+from pointpeft.utils.modules import TransientState
 
 DISPATCH_MODES = ("auto", "grouped", "loop")
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -398,7 +399,7 @@ class PromptGenerator(nn.Module):
         return (self.gamma * y.mean(dim=1) + self.beta).unsqueeze(1)
 
 
-class SMoABlock(AuxLossMixin, nn.Module):
+class SMoABlock(AuxLossMixin, TransientState, nn.Module):
     """A block's handle on the shared SMoA (attached at ``block.mlp.peft_adapter``).
 
     Owns only block-specific parts (the router when ``router: per_block``, the prompt generator); the pool is held
@@ -465,11 +466,6 @@ class SMoABlock(AuxLossMixin, nn.Module):
         self.usage_counts = torch.zeros_like(self.usage_counts)
         self.last_choice = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        for k in self._TRANSIENT:  # tensors holding an autograd graph cannot be copied or pickled
-            state[k] = None
-        return state
 
     def extra_repr(self) -> str:
         return f"block_index={self.block_index}, router={'own' if self.router is not None else 'shared'}"
