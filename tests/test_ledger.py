@@ -27,7 +27,7 @@ def _results(acc_last: float, status: str = "finished", method: str = "adapterx"
     return {"status": status, "task": "classification", "config": {"peft": {"type": method}},
             "git_commit": "0123456789abcdef", "params": {"trainable": 10, "total": 100, "percent": 10.0},
             "best": {"epoch": 2, "acc": acc_last + 1, "mean_class_acc": acc_last},
-            "last": {"epoch": 3, "acc": acc_last, "mean_class_acc": acc_last - 1},
+            "last": {"epoch": 3, "val_acc": acc_last, "val_mean_class_acc": acc_last - 1},  # the trainer's last row
             "history": [{"epoch": 1, "time_s": time_s}]}
 
 
@@ -74,7 +74,7 @@ def test_a_finished_ledger_entry_is_never_rerun(sweep, tmp_path, monkeypatch):
     # a finished run folder not yet in the ledger is recorded without training again
     run = _run_dir(tmp_path / "runs" / "finetune" / "full" / "seed0", acc_last=70.0)
     sweep._train(["--config", "x"], run, tmp_path / "ledger" / "finetune" / "full" / "seed0")
-    assert json.loads((tmp_path / "ledger/finetune/full/seed0/results.json").read_text())["last"]["acc"] == 70.0
+    assert json.loads((tmp_path / "ledger/finetune/full/seed0/results.json").read_text())["last"]["val_acc"] == 70.0
 
 
 def _labels(node: str) -> np.ndarray:
@@ -200,3 +200,29 @@ def test_expert_usage_plot_comes_from_the_adapterx_row(sweep, tmp_path):
     text = out.read_text()
     assert "2–4 of 4 experts take at least half the balanced share" in text
     assert (tmp_path / "results_expert_usage.png").stat().st_size > 1000
+
+
+def test_rows_name_every_commit_a_run_started_or_resumed_on(sweep, tmp_path):
+    from pointpeft.engine.summary import Row
+
+    run = {**_results(50.0), "git_commits": ["aaaaaaa111", "bbbbbbb222-dirty"]}
+    assert Row("x", [run, _results(51.0)]).commits == ["aaaaaaa", "bbbbbbb+", "0123456"]
+
+
+def test_results_keep_the_commit_the_run_started_on(tmp_path, monkeypatch):
+    """A run that trains for hours while commits land must say which code it ran, not the HEAD at its end."""
+    from engine_cases import tiny_config
+
+    import pointpeft.engine.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "git_commit", lambda: "start")
+    t = trainer_mod.Trainer(tiny_config(), tmp_path / "run")
+    monkeypatch.setattr(trainer_mod, "git_commit", lambda: "later")
+    res = t.results()
+    assert res["git_commit"] == "start" and res["git_commits"] == ["start"]
+    from pointpeft.engine.train_state import read_train_state, save_train_state
+
+    save_train_state(tmp_path / "state.pth", t.model, **t.state_parts())  # what ckpt-last.pth holds
+    resumed = trainer_mod.Trainer(tiny_config(), tmp_path / "run2")  # a resume after a commit landed
+    resumed.restore(read_train_state(tmp_path / "state.pth"))
+    assert resumed.results()["git_commit"] == "start" and resumed.results()["git_commits"] == ["start", "later"]

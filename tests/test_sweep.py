@@ -26,7 +26,8 @@ def _run(root: Path, method: str, seed: int, acc: float, trainable: int, status:
     results = {"status": status, "task": "classification", "config": config,
                "params": {"trainable": trainable, "total": 1000, "percent": trainable / 10},
                "best": {"epoch": 3, "acc": acc, "mean_class_acc": acc - 1},
-               "last": {"epoch": 4, "acc": acc - 2, "mean_class_acc": acc - 3}, "git_commit": "0123456789-dirty",
+               "last": {"epoch": 4, "val_acc": acc - 2, "val_mean_class_acc": acc - 3},  # the trainer's last row
+               "git_commit": "0123456789-dirty",
                "history": [{"epoch": 1, "time_s": 10.0}], "data_sizes": {"train": 200, "val": 60},
                "machine": {"cpu_model": "test cpu", "cpu_affinity": 2}, "amp": {"mode": "fp32"}}
     (d / "results.json").write_text(json.dumps(results))

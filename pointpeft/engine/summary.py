@@ -31,8 +31,17 @@ class Row:
     paths: list[Path] = field(default_factory=list)
 
     def values(self, key: str, section: str = "best") -> list[float]:
-        return [float(r[section][key]) for r in self.runs if isinstance(r.get(section), dict)
-                and isinstance(r[section].get(key), int | float)]
+        """``key`` of every run's ``best`` (``acc``...) or ``last`` section; ``last`` is the final history row,
+        where evaluation metrics are ``val_<key>``."""
+        out = []
+        for r in self.runs:
+            node = r.get(section)
+            if not isinstance(node, dict):
+                continue
+            v = node.get(key, node.get(f"val_{key}"))
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out.append(float(v))
+        return out
 
     @property
     def trainable(self) -> int:
@@ -44,13 +53,14 @@ class Row:
 
     @property
     def commits(self) -> list[str]:
-        """The short commits the runs ran on (``+`` marks a working tree with uncommitted changes)."""
+        """The short commits the runs started (and resumed) on; ``+`` marks a tree with uncommitted changes."""
         out = []
         for r in self.runs:
-            c = str(r.get("git_commit") or "?")
-            short = c[:7] + ("+" if c.endswith("-dirty") else "")
-            if short not in out:
-                out.append(short)
+            for c in r.get("git_commits") or [r.get("git_commit") or "?"]:
+                c = str(c or "?")
+                short = c[:7] + ("+" if c.endswith("-dirty") else "")
+                if short not in out:
+                    out.append(short)
         return out
 
     @property

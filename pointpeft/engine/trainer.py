@@ -128,6 +128,8 @@ class Trainer:
         self.task_extras: dict[str, Any] = {}
         self.started = time.time()
         self.elapsed_before = 0.0
+        #: the code the run trains with: the commit when it started, then the commit of every resume that differs
+        self.git_commits: list[str | None] = [git_commit()]
         self.hooks: list[Hook] = []
         if self.dist.is_main:
             self.hooks.append(ProgressHook(progress_enabled(self.opts.progress)))
@@ -164,7 +166,7 @@ class Trainer:
         return {"epoch": self.epoch, "global_step": self.global_step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": capture_rng(),
                 "best": self.best, "history": self.history, "elapsed_s": self.elapsed(),
-                "task": str(self.opts.task)}
+                "task": str(self.opts.task), "git_commits": self.git_commits}
 
     def restore(self, state: dict[str, Any], source: str = "<state>") -> None:
         """Continue from a :func:`~pointpeft.engine.train_state.read_train_state` dict."""
@@ -182,6 +184,8 @@ class Trainer:
         self.best = dict(state.get("best") or self.best)
         self.history = list(state.get("history") or [])[: self.epoch]
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        earlier = [c for c in state.get("git_commits") or [] if c]
+        self.git_commits = list(dict.fromkeys([*earlier, *self.git_commits]))
         restore_rng(state["rng"])
         if self.dist.is_main:
             log.info("resumed from %s after epoch %d (step %d)", source, self.epoch, self.global_step)
@@ -304,7 +308,8 @@ class Trainer:
             "config": plain_config(self.cfg),
             "seed": self.seed,
             "pretrained": self.ckpt,
-            "git_commit": git_commit(),
+            "git_commit": self.git_commits[0],  # the commit the run started on (not the one it ended on)
+            "git_commits": self.git_commits,
             "versions": library_versions(),
             "machine": machine_info(),
             "amp": {"mode": self.amp.mode, "reason": self.amp.reason},
