@@ -526,7 +526,7 @@ def _search_section(table_root: Path, budget: dict) -> list[str]:
     rows = search_rows(table_root, budget)
     winners = search_winners(table_root, budget)
     methods = search["methods"]
-    lines = ["## Recipe search (validation split carved from the training split)", "",
+    lines = ["", "## Recipe search (validation split carved from the training split)", "",
              f"`{search['key']}` searched over {', '.join(search['values'])} for {', '.join(methods)}, one seed, "
              f"the main table's budget; scored by the last-epoch accuracy on {search['val_per_class']} training "
              "clouds per class that the training subset does not hold (never the test split). One recipe per "
