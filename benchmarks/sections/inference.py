@@ -12,6 +12,16 @@ from benchmarks.step import build_peft, make_inputs
 from benchmarks.timing import paired_ratio, time_interleaved
 
 
+def inference_fns(models: dict[str, torch.nn.Module], x: torch.Tensor) -> dict[str, Any]:
+    """{name: a no-argument call of the model's inference forward on ``x``} for interleaved timing."""
+    fns = {}
+    for name, mdl in models.items():
+        def fwd(mdl: torch.nn.Module = mdl, x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                mdl(x)
+        fns[name] = fwd
+    return fns
+
 def bench_inference(plan: Plan, methods: list[str], device: torch.device) -> dict[str, Any]:
     from pointpeft.peft import merge
     from pointpeft.registry import PEFT_METHODS
@@ -40,12 +50,7 @@ def bench_inference(plan: Plan, methods: list[str], device: torch.device) -> dic
                 rows.append({"model": model_name, "variant": m, "error": f"{type(e).__name__}: {e}"})
         for b in plan.infer_batches:
             x, _ = make_inputs(b, plan.npoints, 40, device)
-            fns = {}
-            for name, mdl in variants.items():
-                def fwd(mdl=mdl, x=x) -> None:
-                    with torch.inference_mode():
-                        mdl(x)
-                fns[name] = fwd
+            fns = inference_fns(variants, x)
             log(f"inference {model_name} batch {b}: {list(fns)}")
             stats = time_interleaved(fns, warmup=2, reps=plan.infer_reps.get(b, 5), device=device)
             for name, st in stats.items():

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.plans import Plan
 from benchmarks.report import log
-from benchmarks.sections.inference import perturb_trainable
+from benchmarks.sections.inference import inference_fns, perturb_trainable
 from benchmarks.step import build_peft, make_inputs
 from benchmarks.timing import paired_ratio, time_interleaved
 
@@ -111,12 +111,7 @@ def bench_smoa(plan: Plan, device: torch.device) -> dict[str, Any]:
             variants[name] = m
         for b in plan.infer_batches:
             x, _ = make_inputs(b, plan.npoints, 40, device)
-            fns = {}
-            for name, mdl in variants.items():
-                def fwd(mdl: torch.nn.Module = mdl, x: torch.Tensor = x) -> None:
-                    with torch.inference_mode():
-                        mdl(x)
-                fns[name] = fwd
+            fns = inference_fns(variants, x)
             log(f"smoa {model_name} batch {b}: whole-model inference, {len(fns)} variants")
             stats = time_interleaved(fns, warmup=2, reps=plan.infer_reps.get(b, 5), device=device)
             for name, st in stats.items():
