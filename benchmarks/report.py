@@ -177,10 +177,12 @@ def render(res: dict[str, Any]) -> str:
     for dev, sec in res["devices"].items():
         if "smoa" in sec:
             sm = sec["smoa"]
-            rows = [[r["model"], r["batch"], r["variant"], fmt_ms(r["ms"], 2), r.get("vs_backbone", 1)]
+            rows = [[r["model"], r["batch"], r["variant"], fmt_ms(r["ms"], 2), r.get("vs_backbone", 1),
+                     r["calls"]["ops"] if "calls" in r else "", r["calls"]["ops_ms"] if "calls" in r else ""]
                     for r in sm["inference"]]
             parts.append(f"### Adapter-X inference variants, {dev}, fp32\n" +
-                         md_table(["model", "batch", "variant", "ms", "vs backbone"], rows))
+                         md_table(["model", "batch", "variant", "ms", "vs backbone", "operator calls (smallest batch)",
+                                   "their profiled ms"], rows))
             names = list(sm["parts"][0]["ms"]) if sm["parts"] else []
             rows = [[p["model"], p["batch"], p["sub_tokens"], p["busiest_over_mean_expert"]] +
                     [p["ms"][k] for k in names] for p in sm["parts"]]

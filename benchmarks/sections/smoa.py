@@ -4,7 +4,9 @@ On one block's real input (the norm2 output of block 0 of a model with perturbed
 interleaved: the router (projection, cosine logits, softmax, top-1), the experts with the grouped-GEMM dispatch and
 with the per-expert loop (forward, and forward + backward), the prompt generator; and on the whole model at each
 inference batch: backbone, Adapter-X, Adapter-X with the loop dispatch, Adapter-X without prompt generators (what
-the extra tokens cost) and merged LoRA (an adapter with no routing and no tokens).
+the extra tokens cost) and merged LoRA (an adapter with no routing and no tokens); and, per variant, how many
+operators one forward calls from Python (torch.profiler's top-level events), which bounds what a small batch can
+gain: in eager mode every call pays the dispatcher's fixed cost however little it computes.
 """
 
 from __future__ import annotations
@@ -86,6 +88,18 @@ def _parts(model: torch.nn.Module, h: torch.Tensor, reps: int, device: torch.dev
             "ms": {k: round(v.median * 1000, 3) for k, v in stats.items()}}
 
 
+def _op_calls(fn: Any) -> dict[str, Any]:
+    """Operators one call of ``fn`` dispatches from Python (profiler events without a parent op) and their share of
+    the profiled time: at batch 1 the added calls, not the added FLOPs, are Adapter-X's cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm: caches (packed weights, router matrix) built outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    top = [e for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+    return {"ops": len(top), "ops_ms": round(sum(e.cpu_time_total for e in top) / 1000, 2)}
+
+
 def bench_smoa(plan: Plan, device: torch.device) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
@@ -118,6 +132,8 @@ def bench_smoa(plan: Plan, device: torch.device) -> dict[str, Any]:
                 row = {"model": model_name, "variant": name, "batch": b, "ms": st.scaled(1000).to_dict(2)}
                 if name != "backbone":
                     row["vs_backbone"] = round(paired_ratio(st.values, stats["backbone"].values).median, 3)
+                if b == min(plan.infer_batches):
+                    row["calls"] = _op_calls(fns[name])
                 rows.append(row)
             log(f"smoa {model_name} batch {b}: parts of block 0")
             h = _block_input(variants["adapterx"], x)

@@ -200,8 +200,9 @@ class ExpertPool(nn.Module):
         dtype, wdtype = x.dtype, self.w_down.dtype
         autocast_on = torch.is_autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast_on else contextlib.nullcontext():
-            x = x.to(wdtype)
-            g = gate.to(wdtype) * self.scale if self.scale != 1.0 else gate.to(wdtype)
+            x = x if dtype == wdtype else x.to(wdtype)  # no-op casts still cost a call each at batch 1
+            g = gate if gate.dtype == wdtype else gate.to(wdtype)
+            g = g * self.scale if self.scale != 1.0 else g
             counts = torch.bincount(idx, minlength=self.num_experts)
             self.last_counts = counts
             if x.shape[0] == 0:
@@ -210,7 +211,11 @@ class ExpertPool(nn.Module):
                 out = self._grouped(x, idx, g, counts)
             else:
                 out = self._loop(x, idx, g, counts)
-        return out.to(dtype)
+        return out if out.dtype == dtype else out.to(dtype)
+
+    def _needs_grad(self, x: torch.Tensor, g: torch.Tensor | None = None) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or (g is not None and g.requires_grad) or any(
+            p.requires_grad for p in (self.w_down, self.b_down, self.w_up, self.b_up)))
 
     def _packed_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(w_down (E, d, rp), b_down (E, rp), w_up with the up bias as row rp (E, width, d)): the hidden width
@@ -240,10 +245,9 @@ class ExpertPool(nn.Module):
     def _grouped(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         order = idx.argsort()
         sidx = idx.index_select(0, order)
-        offs = counts.cumsum(0).to(torch.int32)
+        offs = counts.cumsum(0, dtype=torch.int32)
         gs = g.index_select(0, order)
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or g.requires_grad or any(
-            p.requires_grad for p in (self.w_down, self.b_down, self.w_up, self.b_up)))
+        needs_grad = self._needs_grad(x, g)
         wd, bd, wu_aug = self._packed_weights(x.dtype) if needs_grad else self._inference_weights(x.dtype)
         rp = wd.shape[-1]
         mask = None
@@ -359,7 +363,8 @@ class SMoA(nn.Module):
             raise ValueError("router: per_block needs the block's router passed to SMoA.forward")
         B, T, D = x.shape
         sub = x.reshape(B * T * self.num_heads, self.sub_dim)
-        probs = router(sub).float().softmax(dim=-1)
+        logits = router(sub)
+        probs = (logits if logits.dtype == torch.float32 else logits.float()).softmax(dim=-1)
         gate, idx = probs.max(dim=-1)  # top-1: the probability and the expert in one op (float32 gate)
         out = self.experts(sub, idx, gate).reshape(B, T, D)
         if self.merge is not None:
@@ -439,7 +444,8 @@ class SMoABlock(AuxLossMixin, TransientState, nn.Module):
         choice = res.choice.detach()
         self.last_choice = choice
         counts = self.pool.experts.last_counts  # bincount of this forward's choices, made by the dispatch
-        self.usage_counts = self.usage_counts.to(counts.device) + counts
+        usage = self.usage_counts if self.usage_counts.device == counts.device else self.usage_counts.to(counts.device)
+        self.usage_counts = usage + counts
         self._aux = None
         if self.training and self.balance_loss_weight > 0 and torch.is_grad_enabled():
             loss = switch_balance_loss(res.probs, choice, self.pool.num_experts, counts)
@@ -457,7 +463,8 @@ class SMoABlock(AuxLossMixin, TransientState, nn.Module):
 
     def append_prompt(self, block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         """Block forward hook: append this block's prompt token at the end of the sequence."""
-        return torch.cat([output, self.make_prompt().to(output.dtype)], dim=1)
+        prompt = self.make_prompt()
+        return torch.cat([output, prompt if prompt.dtype == output.dtype else prompt.to(output.dtype)], dim=1)
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
         return {"balance_loss": self._aux} if self._aux is not None else {}
