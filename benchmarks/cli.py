@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", help="comma-separated point transformers (overrides the mode's)")
     ap.add_argument("--methods", help="comma-separated PEFT methods (default: every registered one)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds of training steps")
+    ap.add_argument("--isolated-steps", type=int,
+                    help="training steps timed in each configuration's fresh process (one model per process, as in a "
+                         "training run), after a warm-up step")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="all = cpu (+ cuda if present)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/results-<cpu kind>-<hostname>.json, "
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, models=models, amp_models=models, infer_models=models)
     if args.rounds:
         plan.rounds = args.rounds
+    if args.isolated_steps:
+        plan.mem_steps = args.isolated_steps
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:

@@ -86,6 +86,10 @@ def bench_train(plan: Plan, methods: list[str], device: torch.device, threads: i
                     v["mem_ratio_total"] = round(row["peak_mem_mb"] / full["peak_mem_mb"], 3)
                 if v and full.get("live_peak_delta_mb") and "live_peak_delta_mb" in row:
                     v["live_mem_ratio"] = round(row["live_peak_delta_mb"] / full["live_peak_delta_mb"], 3)
+                if v and "isolated_step_s" in row and "isolated_step_s" in full:
+                    v["isolated_speedup"] = round(full["isolated_step_s"]["median"]
+                                                  / row["isolated_step_s"]["median"], 3)
+                    v["isolated_steps"] = row["isolated_step_s"]["n"]
                 if v and full.get("saved_activations_mb"):
                     v["saved_ratio"] = round(row["saved_activations_mb"] / full["saved_activations_mb"], 3)
                 row["vs_full"] = v
