@@ -79,6 +79,9 @@ def test_smoke_run_writes_complete_json(tmp_path):
         assert "error" not in r, r.get("error")
         assert r["step_s"]["n"] == 2 and r["step_s"]["median"] > 0 and r["peak_mem_mb"] > r["peak_delta_mb"] > 0
         assert set(r["phases_ms"]) >= {"tokenizer", "blocks_forward", "backward", "optimizer"}
+        # the interleaved phases: one value per round for every phase, for paired ratios between configs
+        assert all(len(v) == 2 and min(v) >= 0 for v in r["phases_interleaved_ms"].values())
+        assert r["isolated_step_s"]["n"] >= 1
     assert rows["full"]["encoder_backward_nodes"], "full fine-tuning must backpropagate through the encoder"
     assert rows["adapterx"]["encoder_backward_nodes"] == []
     assert rows["adapterx"]["trainable"] < rows["full"]["trainable"]

@@ -11,7 +11,7 @@ import torch
 from benchmarks.memory import LIVE_MALLOC_ENV
 from benchmarks.plans import Plan
 from benchmarks.report import log
-from benchmarks.step import TrainStep
+from benchmarks.step import PhaseClock, TrainStep
 from benchmarks.timing import Stats, paired_ratio, time_interleaved
 from benchmarks.worker import spawn_worker
 from pointpeft.utils.machine import load_average
@@ -38,8 +38,30 @@ def time_train_interleaved(plan: Plan, model_name: str, configs: list[tuple[str,
                        "amp_dtype": st.amp_dtype}
         if saved:
             out[(m, p)]["saved_activations_mb"] = st.saved_activations_mb()
+    for key, phases in interleaved_phases(steps, plan.rounds, device).items():
+        out[key]["phases_interleaved_ms"] = phases
     del steps, fns
     return out
+
+
+def interleaved_phases(steps: dict[tuple[str, str], TrainStep], rounds: int,
+                       device: torch.device) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """Wall-clock phases of every config's step, one step each per round, round-robin after the timed rounds:
+    {config: {phase: [ms per round]}}, so phases of two configs can be compared as paired per-round ratios (the
+    fresh-process phases are sequential, and swung by ±30% between idle runs)."""
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {k: [] for k in steps}
+    for st in steps.values():
+        st.clock = PhaseClock(st.model, device)
+    try:
+        for _ in range(rounds):
+            for key, st in steps.items():
+                st()
+                runs[key].append(st.clock.phases_ms())
+    finally:
+        for st in steps.values():
+            st.clock.remove()
+            st.clock = None
+    return {k: {ph: [r[ph] for r in rs] for ph in rs[0]} for k, rs in runs.items() if rs}
 
 
 def paired_vs(row: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
