@@ -22,6 +22,7 @@ def inference_fns(models: dict[str, torch.nn.Module], x: torch.Tensor) -> dict[s
         fns[name] = fwd
     return fns
 
+
 def bench_inference(plan: Plan, methods: list[str], device: torch.device) -> dict[str, Any]:
     from pointpeft.peft import merge
     from pointpeft.registry import PEFT_METHODS
