@@ -226,3 +226,30 @@ def test_results_keep_the_commit_the_run_started_on(tmp_path, monkeypatch):
     resumed = trainer_mod.Trainer(tiny_config(), tmp_path / "run2")  # a resume after a commit landed
     resumed.restore(read_train_state(tmp_path / "state.pth"))
     assert resumed.results()["git_commit"] == "start" and resumed.results()["git_commits"] == ["start", "later"]
+
+
+def test_git_commit_is_dirty_for_code_changes_but_not_for_the_ledger(tmp_path):
+    """The sweep updates results/<ledger>/budget.json before each run: that must not mark the run's code dirty."""
+    import subprocess
+
+    from pointpeft.engine.run_dir import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "budget.json").write_text("{}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.py").write_text("b = 1\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    clean = git_commit(tmp_path / "sub")
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "results" / "budget.json").write_text('{"methods": ["pointgst"]}\n')
+    assert git_commit(tmp_path / "sub") == clean, "a ledger update is not a code change"
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path / "sub") == clean + "-dirty"

@@ -52,14 +52,21 @@ def prepare_run_dir(path: Path, *, explicit_name: bool, overwrite: bool) -> Path
     return path
 
 
+#: tracked paths that are run outputs, not code: the results ledger, which the sweep itself updates (its budget.json)
+#: before a run starts, so a change there does not make the run's code "dirty"
+NOT_CODE = ("results",)
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The checkout's commit (with ``-dirty`` when it has changes); None outside git."""
+    """The checkout's commit (with ``-dirty`` when code has changes: anything tracked outside :data:`NOT_CODE`);
+    None outside git."""
     cwd = cwd or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                *(f":(top,exclude){p}" for p in NOT_CODE)], cwd=cwd,
                                capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
