@@ -47,16 +47,14 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                             v["isolated_speedup"], ">= 1.95", v["isolated_speedup"] >= 1.95,
                             f"medians of {v['isolated_steps']} steps each, processes run one after another")
                     lora = next((q for q in tr["results"] if q["config"]["model"] == c["model"]
-                                 and q["config"]["method"] == "lora" and "phases_ms" in q), None)
-                    lora_il = next((q for q in tr["results"] if q["config"]["model"] == c["model"]
-                                    and q["config"]["method"] == "lora" and "phases_interleaved_ms" in q), None)
-                    if lora_il and "phases_interleaved_ms" in r:
+                                 and q["config"]["method"] == "lora"), None)
+                    if lora and "phases_interleaved_ms" in lora and "phases_interleaved_ms" in r:
                         pr = paired_ratio(r["phases_interleaved_ms"]["blocks_forward"],
-                                          lora_il["phases_interleaved_ms"]["blocks_forward"])
+                                          lora["phases_interleaved_ms"]["blocks_forward"])
                         add(f"train {c['model']} {dev}: Adapter-X blocks forward / LoRA's, interleaved",
                             round(pr.median, 3), "<= 1.10", pr.median <= 1.10,
                             f"median of {pr.n} per-round ratios, range {pr.min:.3f}-{pr.max:.3f}")
-                    if lora and "phases_ms" in r and lora["phases_ms"].get("blocks_forward"):
+                    if lora and "phases_ms" in r and lora.get("phases_ms", {}).get("blocks_forward"):
                         v2 = round(r["phases_ms"]["blocks_forward"] / lora["phases_ms"]["blocks_forward"], 3)
                         add(f"train {c['model']} {dev}: Adapter-X blocks forward / LoRA's", v2, "<= 1.10", v2 <= 1.10,
                             "isolated steps in the memory worker (not interleaved)")

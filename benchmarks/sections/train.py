@@ -18,9 +18,11 @@ from pointpeft.utils.machine import load_average
 
 
 def time_train_interleaved(plan: Plan, model_name: str, configs: list[tuple[str, str]], device: torch.device,
-                           label: str, saved: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+                           label: str, saved: bool = False,
+                           phases: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
     """Step times of several (method, precision) configs built side by side in this process and run round-robin,
-    so a load spike on the shared machine hits every config of that round."""
+    so a load spike on the shared machine hits every config of that round; ``phases``: then the phases of each
+    step, round-robin as well (:func:`interleaved_phases`)."""
     steps: dict[tuple[str, str], TrainStep] = {}
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for method, precision in configs:
@@ -38,8 +40,9 @@ def time_train_interleaved(plan: Plan, model_name: str, configs: list[tuple[str,
                        "amp_dtype": st.amp_dtype}
         if saved:
             out[(m, p)]["saved_activations_mb"] = st.saved_activations_mb()
-    for key, phases in interleaved_phases(steps, plan.rounds, device).items():
-        out[key]["phases_interleaved_ms"] = phases
+    if phases:
+        for key, ph in interleaved_phases(steps, plan.rounds, device).items():
+            out[key]["phases_interleaved_ms"] = ph
     del steps, fns
     return out
 
@@ -76,7 +79,8 @@ def bench_train(plan: Plan, methods: list[str], device: torch.device, threads: i
     profile = set(plan.profile_methods) if plan.profile_methods is not None else None
     results: list[dict[str, Any]] = []
     for model_name in plan.models:
-        timing = time_train_interleaved(plan, model_name, [(m, "fp32") for m in methods], device, "train")
+        timing = time_train_interleaved(plan, model_name, [(m, "fp32") for m in methods], device, "train",
+                                        phases=True)
         rows = {}
         for method in methods:
             cfg = {"model": model_name, "method": method, "precision": "fp32", "device": str(device),
