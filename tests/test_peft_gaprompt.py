@@ -314,3 +314,19 @@ def test_evaluation_records_the_shift_and_the_point_prompts() -> None:
     assert method.record_scalars({"gaprompt": rec}) == {"gaprompt/shift_relative": rec["shift_relative"]}
     method.start_evaluation(model)
     assert "shift_relative" not in method.evaluation_records(model)["gaprompt"]
+
+
+def test_a_copied_model_records_its_own_forward_state() -> None:
+    """The per-forward state lives on the method object, which lives on the model (``_peft_method``): a deep copy
+    copies hooks, method and state together, so each model's records come from its own forwards."""
+    from pointpeft.peft import get_method
+
+    model = gaprompt(perturbation=0.5)
+    twin = copy.deepcopy(model)
+    method, twin_method = get_method(model), get_method(twin)
+    assert twin_method is not method and twin_method.state is not method.state
+    method.start_evaluation(model)
+    twin_method.start_evaluation(twin)
+    eval_logits(twin, make_batch("point")[0])
+    assert "shift_relative" in twin_method.evaluation_records(twin)["gaprompt"]
+    assert "shift_relative" not in method.evaluation_records(model)["gaprompt"]
