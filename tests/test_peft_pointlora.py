@@ -133,3 +133,25 @@ def test_token_prompts_go_to_the_patch_rows_and_the_selected_rows() -> None:
     torch.testing.assert_close(y[:, 1:17], x[:, 1:17] + mods.prompt_patch(x[:, 1:17]))
     torch.testing.assert_close(y[:, 17:23], x[:, 17:23] + mods.prompt_selected(x[:, 17:23]))
     torch.testing.assert_close(y[:, 23:], x[:, 23:])
+
+
+def test_a_point_hook_runs_once_and_every_scale_groups_the_hooked_cloud() -> None:
+    """The extra scales regroup the cloud the tokenizer saw (after the point hooks), without running them again."""
+    model = get_peft_model(build_backbone("point"), {**TINY, "reuse_base_tokens": False}).eval()
+    calls, seen = [], []
+
+    def shift(m: nn.Module, pts: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return pts + 0.5
+
+    model.register_point_hook(shift)
+    model.register_tokenizer_hook(lambda m, out: seen.append(out.points))
+    x = make_batch("point")[0]
+    with torch.no_grad():
+        model.forward_features(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(seen[0], x + 0.5)
+    ref_tokens, _, _ = model.embed_points(x + 0.5, group=model.peft_pointlora.selector.groupers[1])
+    got_tokens, _, _ = model.tokenize(x, group=model.peft_pointlora.selector.groupers[1])
+    torch.testing.assert_close(got_tokens, ref_tokens)
+    assert len(calls) == 2  # tokenize (the public API) runs the hooks; embed_points does not

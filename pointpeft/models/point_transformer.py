@@ -100,7 +100,7 @@ class TokenizerOutput:
     are ordinary sequence tokens: they get their position before every block and are pooled with the patch tokens.
     """
 
-    points: torch.Tensor  # (B, N, 3) the input clouds
+    points: torch.Tensor  # (B, N', 3) the clouds the tokenizer grouped (the input after the point hooks)
     centers: torch.Tensor  # (B, G, 3) the FPS centres of the G patch tokens
     tokens: torch.Tensor  # (B, T, C) patch tokens (T = G) followed by the tokens hooks appended
     pos: torch.Tensor  # (B, T, C) their position embeddings
@@ -170,14 +170,26 @@ class PointTransformer(nn.Module):
         """Points -> (patch tokens (B, G, C), centres (B, G, 3), position embeddings (B, G, C)).
 
         ``group`` replaces the model's own grouping (another ``num_group`` / ``group_size``: multi-scale methods).
-
-        Point hooks (:meth:`register_point_hook`) run first. When the tokenizer is frozen (every PEFT method) and
-        the cloud needs no gradient, nothing here does, so it runs under no_grad and backward stops at the first
-        block; a cloud that needs gradients (trainable point prompts) gets them through the frozen tokenizer.
+        Point hooks (:meth:`register_point_hook`) run first; :meth:`embed_points` is the same without them.
         """
+        return self.embed_points(self.apply_point_hooks(pts), group)
+
+    def apply_point_hooks(self, pts: torch.Tensor) -> torch.Tensor:
+        """The cloud after every point hook, in registration order (the cloud the tokenizer groups)."""
         for hook in list(self._point_hooks.values()):
             moved = hook(self, pts)
             pts = pts if moved is None else moved
+        return pts
+
+    def embed_points(self, pts: torch.Tensor, group: Group | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor]:
+        """:meth:`tokenize` of a cloud the point hooks already saw: tokenizer hooks that group it again at other
+        scales (PointLoRA's token selection) call this, so a point hook runs once per forward.
+
+        When the tokenizer is frozen (every PEFT method) and the cloud needs no gradient, nothing here does, so it
+        runs under no_grad and backward stops at the first block; a cloud that needs gradients (trainable point
+        prompts) gets them through the frozen tokenizer.
+        """
         tok_params = [*self.encoder.parameters(), *self.pos_embed.parameters()]
         if hasattr(self, "reduce_dim"):
             tok_params += list(self.reduce_dim.parameters())
@@ -211,7 +223,8 @@ class PointTransformer(nn.Module):
         return handle
 
     def forward_features(self, pts: torch.Tensor) -> torch.Tensor:
-        tokens, center, pos = self.tokenize(pts)
+        pts = self.apply_point_hooks(pts)
+        tokens, center, pos = self.embed_points(pts)
         if self._tokenizer_hooks:
             out = TokenizerOutput(points=pts, centers=center, tokens=tokens, pos=pos)
             for hook in list(self._tokenizer_hooks.values()):

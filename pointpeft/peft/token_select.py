@@ -120,7 +120,7 @@ class MultiScaleTokenSelector(AuxLossMixin, TransientState, nn.Module):
         if self.reuse_base_tokens and (group.num_group, group.group_size) == (base.num_group, base.group_size):
             g = base.num_group
             return out.tokens[:, :g], out.pos[:, :g]
-        tokens, _, pos = model.tokenize(out.points, group=group)
+        tokens, _, pos = model.embed_points(out.points, group=group)
         return tokens, pos
 
     def tokenizer_hook(self, model: nn.Module, out: TokenizerOutput) -> TokenizerOutput:
