@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pointpeft.config import load_config
+from pointpeft.engine.amp import AMP_MODES
 from pointpeft.engine.launch import run as train_run
 from pointpeft.engine.ledger import entry_status, finished_entries, is_finished, record_run, record_tree
 from pointpeft.engine.summary import Row, collect, last_best_table, mean_std
@@ -194,7 +195,7 @@ def plan_runs(args: argparse.Namespace, budget: dict, table_root: Path, ckpt: st
             raise SystemExit(f"sweep: {cfg} does not exist (methods with a recipe: {', '.join(METHODS)})")
         return ["--config", str(cfg), "--ckpt", ckpt, "--seed", str(seed), f"model.type={args.backbone}",
                 f"train.epochs={args.epochs}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
-                *data_nodes(args.data_root, per_class, args.test_per_class or None, val, leaf=cfg), *extra]
+                f"train.amp={budget.get('amp') or args.amp}", *data_nodes(args.data_root, per_class, args.test_per_class or None, val, leaf=cfg), *extra]
 
     if search:
         key, values = search
@@ -291,7 +292,8 @@ def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt:
         argv = ["--config", str(REPO / "cfgs" / "fewshot" / f"{method}.yaml"), "--ckpt", ckpt, "--root", str(root),
                 "--name", name, "--generate-from", "modelnet40", "--source-root", args.data_root,
                 "--folds-root", str(root / "fewshot_episodes"), "--epochs", str(args.fewshot_epochs), "--quiet",
-                f"model.type={args.backbone}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off"]
+                f"model.type={args.backbone}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
+                f"train.amp={budget.get('amp') or args.amp}"]
         if method == MHR_PROTOCOL:
             argv += ["--protocol", "mhr"]
         elif family(method) in winners:
@@ -351,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-class", type=int, default=15, help="test clouds per class (0 = the whole test set)")
     ap.add_argument("--val-per-class", type=int, default=10,
                     help="validation clouds per class for --search, carved from the training split")
+    ap.add_argument("--amp", default="fp32", choices=AMP_MODES,
+                    help="precision of every run (part of the budget: one ledger holds one precision; 'auto' would "
+                    "make a row depend on the machine that ran it)")
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--seeds-for", nargs="*", default=["linear", "full", "adapterx", "dapt", "dapt_x"],
@@ -388,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     table_root = ledger or root
     budget = {k: getattr(args, k) for k in ("backbone", "pretrain_epochs", "pretrain_per_class", "epochs",
                                             "per_class", "test_per_class", "methods", "seeds", "seeds_for",
-                                            "more_seeds", "also")}
+                                            "more_seeds", "also", "amp")}
     if args.ckpt:
         budget.update(ckpt=str(args.ckpt), ckpt_sha256=sha256(Path(args.ckpt)), pretrain_epochs=None,
                       pretrain_per_class=None)
@@ -439,7 +444,7 @@ def _read_budget(path: Path) -> dict:
 
 #: budget keys that must agree between sweep processes sharing a root; the others (method and seed lists) are merged
 BUDGET_FIXED = ("backbone", "ckpt_sha256", "pretrain_epochs", "pretrain_per_class", "epochs", "per_class",
-                "test_per_class")
+                "test_per_class", "amp")
 
 
 def record_budget(path: Path, budget: dict) -> None:
@@ -612,7 +617,8 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
     if budget_file.is_file():
         budget = json.loads(budget_file.read_text())
     machine = rows[0].runs[0].get("machine", {}) if rows else {}
-    amp = rows[0].runs[0].get("amp", {}).get("mode") if rows else None
+    modes = sorted({run.get("amp", {}).get("mode", "?") for r in rows for run in r.runs})
+    amp = (modes[0] if len(modes) == 1 else f"MIXED ({', '.join(modes)}: rows are not comparable)") if rows else None
     sizes = rows[0].runs[0].get("data_sizes", {}) if rows else {}
     done = {r.label for r in rows}
     missing = [m for m in budget.get("methods", []) if m not in done]

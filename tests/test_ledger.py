@@ -130,7 +130,7 @@ def test_use_search_gives_each_family_its_winner_and_refuses_without_one(sweep, 
     args = sweep.argparse.Namespace(search=None, use_search=True, variant=None, efficiency=None,
                                     methods=["linear", "dapt", "full"], seeds=[0], more_seeds=[], seeds_for=[],
                                     per_class=5, test_per_class=0, val_per_class=10, backbone="point_mae_small",
-                                    epochs=2, warmup_epochs=1, data_root="root", set=[])
+                                    epochs=2, warmup_epochs=1, data_root="root", set=[], amp="bf16")
     with pytest.raises(SystemExit, match="full family"):
         sweep.plan_runs(args, budget, tmp_path, "ckpt.pth")
     runs = sweep.plan_runs(args, budget, tmp_path, "ckpt.pth", planning=True)
@@ -138,6 +138,31 @@ def test_use_search_gives_each_family_its_winner_and_refuses_without_one(sweep, 
     assert lr == {"linear": ["optimizer.lr=2e-3"], "dapt": ["optimizer.lr=1e-3"],
                   "full": ["optimizer.lr=<search pending>"]}
     assert all(p.rel.parts[0] == "finetune" for p in runs)
+    # the precision is the budget's: a ledger's own record wins over this invocation's --amp
+    assert all("train.amp=bf16" in p.argv for p in runs)
+    assert all("train.amp=fp32" in p.argv for p in sweep.plan_runs(args, {**budget, "amp": "fp32"}, tmp_path,
+                                                                      "ckpt.pth", planning=True))
+
+
+def test_a_ledger_holds_one_precision(sweep, tmp_path):
+    path = tmp_path / "budget.json"
+    base = {"backbone": "point_mae_small", "epochs": 2, "per_class": 5, "test_per_class": 0, "methods": ["linear"],
+            "seeds": [0], "seeds_for": [], "more_seeds": [], "also": []}
+    sweep.record_budget(path, {**base, "amp": "fp32"})
+    with pytest.raises(SystemExit, match="amp: fp32 vs bf16"):
+        sweep.record_budget(path, {**base, "amp": "bf16"})
+    assert json.loads(path.read_text())["amp"] == "fp32"  # the refused sweep wrote nothing
+
+
+def test_the_table_says_when_its_rows_ran_at_different_precisions(sweep, tmp_path):
+    for method, mode in (("linear", "fp32"), ("adapterx", "bf16")):
+        d = tmp_path / "finetune" / method / "seed0"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({**_results(60.0, method=method), "amp": {"mode": mode}}))
+    out = tmp_path / "results.md"
+    sweep.write_table(tmp_path, out, {"methods": ["linear", "adapterx"], "epochs": 3, "per_class": 5,
+                                      "test_per_class": 0})
+    assert "AMP MIXED (bf16, fp32: rows are not comparable)" in out.read_text()
 
 
 def test_table_reports_last_epoch_first_with_best_beside_and_the_commit(sweep, tmp_path):
