@@ -10,6 +10,11 @@ from benchmarks.timing import paired_ratio
 from pointpeft.utils.machine import load_average
 
 
+def _median(ratio: Any) -> Any:
+    """A paired ratio's median: results written before the smoa rows carried quartiles hold the bare number."""
+    return ratio["median"] if isinstance(ratio, dict) else ratio
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} load {load_average()}] {msg}", file=sys.stderr, flush=True)
 
@@ -188,7 +193,7 @@ def render(res: dict[str, Any]) -> str:
     for dev, sec in res["devices"].items():
         if "smoa" in sec:
             sm = sec["smoa"]
-            rows = [[r["model"], r["batch"], r["variant"], fmt_ms(r["ms"], 2), r.get("vs_backbone", 1),
+            rows = [[r["model"], r["batch"], r["variant"], fmt_ms(r["ms"], 2), _median(r.get("vs_backbone", 1)),
                      r["calls"]["ops"] if "calls" in r else "", r["calls"]["ops_ms"] if "calls" in r else ""]
                     for r in sm["inference"]]
             parts.append(f"### Adapter-X inference variants, {dev}, fp32\n" +

@@ -51,17 +51,25 @@ def bench_inference(plan: Plan, methods: list[str], device: torch.device) -> dic
                 rows.append({"model": model_name, "variant": m, "error": f"{type(e).__name__}: {e}"})
         for b in plan.infer_batches:
             x, _ = make_inputs(b, plan.npoints, 40, device)
-            fns = inference_fns(variants, x)
-            log(f"inference {model_name} batch {b}: {list(fns)}")
-            stats = time_interleaved(fns, warmup=2, reps=plan.infer_reps.get(b, 5), device=device)
-            for name, st in stats.items():
-                row = {"model": model_name, "variant": name, "batch": b, "ms": st.scaled(1000).to_dict(2)}
-                if name != "backbone":
-                    pr = paired_ratio(st.values, stats["backbone"].values)
-                    row["vs_backbone"] = {"median": round(pr.median, 3), "q1": round(pr.q1, 3),
-                                          "q3": round(pr.q3, 3)}
-                rows.append(row)
+            rows += time_variants(variants, x, plan.infer_reps.get(b, 5), device, model_name, "inference")[1]
     return {"rows": rows}
+
+
+def time_variants(variants: dict[str, torch.nn.Module], x: torch.Tensor, reps: int, device: torch.device,
+                  model_name: str, section: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Time every variant's forward on ``x``, interleaved; one row per variant, each but the backbone with its
+    paired ratio to the backbone (median and quartiles). Returns the timed functions too (for operator counts)."""
+    fns = inference_fns(variants, x)
+    log(f"{section} {model_name} batch {x.shape[0]}: {list(fns)}")
+    stats = time_interleaved(fns, warmup=2, reps=reps, device=device)
+    rows = []
+    for name, st in stats.items():
+        row = {"model": model_name, "variant": name, "batch": x.shape[0], "ms": st.scaled(1000).to_dict(2)}
+        if name != "backbone":
+            pr = paired_ratio(st.values, stats["backbone"].values)
+            row["vs_backbone"] = {"median": round(pr.median, 3), "q1": round(pr.q1, 3), "q3": round(pr.q3, 3)}
+        rows.append(row)
+    return fns, rows
 
 
 def perturb_trainable(model: torch.nn.Module) -> None:

@@ -17,9 +17,9 @@ import torch
 
 from benchmarks.plans import Plan
 from benchmarks.report import log
-from benchmarks.sections.inference import inference_fns, perturb_trainable
+from benchmarks.sections.inference import perturb_trainable, time_variants
 from benchmarks.step import build_peft, make_inputs
-from benchmarks.timing import paired_ratio, time_interleaved
+from benchmarks.timing import time_interleaved
 
 
 def _block_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -125,16 +125,11 @@ def bench_smoa(plan: Plan, device: torch.device) -> dict[str, Any]:
             variants[name] = m
         for b in plan.infer_batches:
             x, _ = make_inputs(b, plan.npoints, 40, device)
-            fns = inference_fns(variants, x)
-            log(f"smoa {model_name} batch {b}: whole-model inference, {len(fns)} variants")
-            stats = time_interleaved(fns, warmup=2, reps=plan.infer_reps.get(b, 5), device=device)
-            for name, st in stats.items():
-                row = {"model": model_name, "variant": name, "batch": b, "ms": st.scaled(1000).to_dict(2)}
-                if name != "backbone":
-                    row["vs_backbone"] = round(paired_ratio(st.values, stats["backbone"].values).median, 3)
+            fns, timed = time_variants(variants, x, plan.infer_reps.get(b, 5), device, model_name, "smoa")
+            for row in timed:
                 if b == min(plan.infer_batches):
-                    row["calls"] = _op_calls(fns[name])
-                rows.append(row)
+                    row["calls"] = _op_calls(fns[row["variant"]])
+            rows += timed
             log(f"smoa {model_name} batch {b}: parts of block 0")
             h = _block_input(variants["adapterx"], x)
             parts.append({"model": model_name, "batch": b,
