@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointpeft.errors import ConfigError, InputError
-from pointpeft.models.point_transformer import ARCHITECTURES, PointTransformerConfig
+from pointpeft.models.point_transformer import ARCHITECTURES, PointTransformerConfig, TokenTransformerArch
 from pointpeft.models.tokenizer import Encoder, Group, as_param_dtype
 from pointpeft.models.transformer import TransformerEncoder
 from pointpeft.ops.chamfer import chamfer_l1, chamfer_l2
@@ -47,16 +47,9 @@ PRETRAIN_DEFAULTS: dict[str, dict] = {
 
 
 @dataclass
-class PointMAEConfig:
+class PointMAEConfig(TokenTransformerArch):
     """Point-MAE pretraining architecture; every field is a key of the ``model:`` config node."""
 
-    trans_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-    encoder_dims: int = 384
-    num_group: int = 64
-    group_size: int = 32
     drop_path_rate: float = 0.1
     mask_ratio: float = 0.6
     mask_type: str = "rand"  # rand: a random subset of patches; block: the patches nearest a random centre

@@ -54,8 +54,8 @@ def check_pool(pool: Sequence[str]) -> None:
 
 
 @dataclass
-class PointTransformerConfig:
-    """Architecture of a point transformer; every field is a config key of ``model:``."""
+class TokenTransformerArch:
+    """The fields a point transformer shares with its Point-MAE pretraining model (one place for both configs)."""
 
     trans_dim: int = 384
     depth: int = 12
@@ -64,6 +64,12 @@ class PointTransformerConfig:
     encoder_dims: int = 384  # mini-PointNet output width; Point-BERT: 256 followed by reduce_dim
     num_group: int = 64
     group_size: int = 32
+
+
+@dataclass
+class PointTransformerConfig(TokenTransformerArch):
+    """Architecture of a point transformer; every field is a config key of ``model:``."""
+
     num_classes: int = 40
     drop_path_rate: float = 0.1
     head: str = "point_mae"  # point_mae (BN head) | point_bert (plain head)
