@@ -60,6 +60,11 @@ SOLO_FAMILIES = ("full", "linear")
 DEFAULT_EPOCH_MINUTES = {"full": 3.0, "linear": 0.8, "peft": 1.5}
 
 
+def run_precision(budget: dict, args: argparse.Namespace) -> str:
+    """Every run's ``train.amp``: the ledger's recorded precision, else this invocation's ``--amp``."""
+    return budget.get("amp") or args.amp
+
+
 def family(method: str) -> str:
     return method if method in SOLO_FAMILIES else "peft"
 
@@ -195,7 +200,7 @@ def plan_runs(args: argparse.Namespace, budget: dict, table_root: Path, ckpt: st
             raise SystemExit(f"sweep: {cfg} does not exist (methods with a recipe: {', '.join(METHODS)})")
         return ["--config", str(cfg), "--ckpt", ckpt, "--seed", str(seed), f"model.type={args.backbone}",
                 f"train.epochs={args.epochs}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
-                f"train.amp={budget.get('amp') or args.amp}", *data_nodes(args.data_root, per_class, args.test_per_class or None, val, leaf=cfg), *extra]
+                f"train.amp={run_precision(budget, args)}", *data_nodes(args.data_root, per_class, args.test_per_class or None, val, leaf=cfg), *extra]
 
     if search:
         key, values = search
@@ -293,7 +298,7 @@ def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt:
                 "--name", name, "--generate-from", "modelnet40", "--source-root", args.data_root,
                 "--folds-root", str(root / "fewshot_episodes"), "--epochs", str(args.fewshot_epochs), "--quiet",
                 f"model.type={args.backbone}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
-                f"train.amp={budget.get('amp') or args.amp}"]
+                f"train.amp={run_precision(budget, args)}"]
         if method == MHR_PROTOCOL:
             argv += ["--protocol", "mhr"]
         elif family(method) in winners:
