@@ -624,6 +624,8 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
     machine = rows[0].runs[0].get("machine", {}) if rows else {}
     modes = sorted({run.get("amp", {}).get("mode", "?") for r in rows for run in r.runs})
     amp = (modes[0] if len(modes) == 1 else f"MIXED ({', '.join(modes)}: rows are not comparable)") if rows else None
+    kinds = ", ".join(sorted({run.get("machine", {}).get("cpu_kind", "?") for r in rows for run in r.runs}))
+    kinds = ("rows ran on " if "," in kinds else "") + kinds  # s/epoch compares only within one kind
     sizes = rows[0].runs[0].get("data_sizes", {}) if rows else {}
     done = {r.label for r in rows}
     missing = [m for m in budget.get("methods", []) if m not in done]
@@ -644,7 +646,7 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
          f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std)."
          if budget.get("methods") else "- Seeds: the main table's runs have not started (`--plan` lists them)."),
         f"- Recipe: {_recipe_line(root, budget)}",
-        f"- Hardware: {machine.get('cpu_model', '?')}, {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
+        f"- Hardware: {machine.get('cpu_model', '?')} ({kinds}), {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
         "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine: compare speeds "
         "with benchmarks/README.md, not with this column. `commit` is the commit each row ran on (`+`: with "
         "uncommitted changes in the tree).",

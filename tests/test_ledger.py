@@ -154,15 +154,18 @@ def test_a_ledger_holds_one_precision(sweep, tmp_path):
     assert json.loads(path.read_text())["amp"] == "fp32"  # the refused sweep wrote nothing
 
 
-def test_the_table_says_when_its_rows_ran_at_different_precisions(sweep, tmp_path):
-    for method, mode in (("linear", "fp32"), ("adapterx", "bf16")):
+def test_the_table_says_when_its_rows_ran_at_different_precisions_or_cpu_kinds(sweep, tmp_path):
+    for method, mode, kind in (("linear", "fp32", "amd-avx2"), ("adapterx", "bf16", "intel-amx")):
         d = tmp_path / "finetune" / method / "seed0"
         d.mkdir(parents=True)
-        (d / "results.json").write_text(json.dumps({**_results(60.0, method=method), "amp": {"mode": mode}}))
+        (d / "results.json").write_text(json.dumps({**_results(60.0, method=method), "amp": {"mode": mode},
+                                                    "machine": {"cpu_model": "cpu", "cpu_kind": kind}}))
     out = tmp_path / "results.md"
     sweep.write_table(tmp_path, out, {"methods": ["linear", "adapterx"], "epochs": 3, "per_class": 5,
                                       "test_per_class": 0})
-    assert "AMP MIXED (bf16, fp32: rows are not comparable)" in out.read_text()
+    text = out.read_text()
+    assert "AMP MIXED (bf16, fp32: rows are not comparable)" in text
+    assert "(rows ran on amd-avx2, intel-amx)" in text  # s/epoch compares only within one CPU kind
 
 
 def test_table_reports_last_epoch_first_with_best_beside_and_the_commit(sweep, tmp_path):
