@@ -200,7 +200,8 @@ def plan_runs(args: argparse.Namespace, budget: dict, table_root: Path, ckpt: st
             raise SystemExit(f"sweep: {cfg} does not exist (methods with a recipe: {', '.join(METHODS)})")
         return ["--config", str(cfg), "--ckpt", ckpt, "--seed", str(seed), f"model.type={args.backbone}",
                 f"train.epochs={args.epochs}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
-                f"train.amp={run_precision(budget, args)}", *data_nodes(args.data_root, per_class, args.test_per_class or None, val, leaf=cfg), *extra]
+                f"train.amp={run_precision(budget, args)}",
+                *data_nodes(args.data_root, per_class, args.test_per_class or None, val, leaf=cfg), *extra]
 
     if search:
         key, values = search
@@ -615,6 +616,11 @@ def _investigations(root: Path, budget: dict) -> list[str]:
              "main table. See docs/design-notes.md for the reading.", "", *out] if out else [])
 
 
+def _distinct(rows: list, section: str, key: str) -> list[str]:
+    """The sorted distinct values of ``results.json[section][key]`` over every run of the rows ('?' if absent)."""
+    return sorted({str(run.get(section, {}).get(key, "?")) for r in rows for run in r.runs})
+
+
 def write_table(root: Path, out: Path, budget: dict) -> None:
     """docs/results.md from the finished runs below ``root`` (the ledger when there is one)."""
     rows = _finished_rows(root / "finetune")
@@ -622,10 +628,9 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
     if budget_file.is_file():
         budget = json.loads(budget_file.read_text())
     machine = rows[0].runs[0].get("machine", {}) if rows else {}
-    modes = sorted({run.get("amp", {}).get("mode", "?") for r in rows for run in r.runs})
+    modes, kinds = _distinct(rows, "amp", "mode"), _distinct(rows, "machine", "cpu_kind")
     amp = (modes[0] if len(modes) == 1 else f"MIXED ({', '.join(modes)}: rows are not comparable)") if rows else None
-    kinds = ", ".join(sorted({run.get("machine", {}).get("cpu_kind", "?") for r in rows for run in r.runs}))
-    kinds = ("rows ran on " if "," in kinds else "") + kinds  # s/epoch compares only within one kind
+    kinds = ("rows ran on " if len(kinds) > 1 else "") + ", ".join(kinds)  # s/epoch compares only within one kind
     sizes = rows[0].runs[0].get("data_sizes", {}) if rows else {}
     done = {r.label for r in rows}
     missing = [m for m in budget.get("methods", []) if m not in done]
