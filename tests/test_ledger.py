@@ -166,6 +166,9 @@ def test_the_table_says_when_its_rows_ran_at_different_precisions_or_cpu_kinds(s
     text = out.read_text()
     assert "AMP MIXED (bf16, fp32: rows are not comparable)" in text
     assert "(rows ran on amd-avx2, intel-amx)" in text  # s/epoch compares only within one CPU kind
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| linear") or
+            line.startswith("| adapterx")}
+    assert rows["| linear"].endswith("| amd-avx2 |") and rows["| adapterx"].endswith("| intel-amx |")  # per row
 
 
 def test_table_reports_last_epoch_first_with_best_beside_and_the_commit(sweep, tmp_path):

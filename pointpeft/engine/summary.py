@@ -64,6 +64,16 @@ class Row:
         return out
 
     @property
+    def cpu_kinds(self) -> list[str]:
+        """The CPU kinds (``amd-avx2``...) the runs ran on, first-seen order: ``s/epoch`` compares only within one."""
+        out: list[str] = []
+        for r in self.runs:
+            kind = str((r.get("machine") or {}).get("cpu_kind") or "?")
+            if kind not in out:
+                out.append(kind)
+        return out
+
+    @property
     def seconds_per_epoch(self) -> float:
         times = [h["time_s"] for r in self.runs for h in r.get("history", []) if "time_s" in h]
         return statistics.median(times) if times else float("nan")
@@ -118,10 +128,10 @@ def last_best_table(rows: Sequence[Row]) -> str:
     """The results table with the last epoch as the main number and the best epoch beside it, labelled (the
     originals report the best epoch on the test split; a last-epoch number involves no choice on it)."""
     lines = ["| method | trainable params | trainable % | **last-epoch acc (%)** | best-epoch acc (%) | "
-             "last-epoch mean-class acc (%) | seeds | commit | s/epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "last-epoch mean-class acc (%) | seeds | commit | s/epoch | cpu |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in sorted(rows, key=lambda r: r.trainable):
         lines.append(f"| {r.label} | {r.trainable:,} | {r.percent:.2f} | {mean_std(r.values('acc', 'last'))} | "
                      f"{mean_std(r.values('acc'))} | {mean_std(r.values('mean_class_acc', 'last'))} | "
-                     f"{len(r.runs)} | {' '.join(r.commits)} | {r.seconds_per_epoch:.0f} |")
+                     f"{len(r.runs)} | {' '.join(r.commits)} | {r.seconds_per_epoch:.0f} | {' '.join(r.cpu_kinds)} |")
     return "\n".join(lines) + "\n"
