@@ -24,6 +24,11 @@ def method_label(results: dict[str, Any]) -> str:
     return f"{kind}_x" if peft.get("x_mode") else kind
 
 
+def _first_seen(values: Iterable[str]) -> list[str]:
+    """The distinct values in first-seen order."""
+    return list(dict.fromkeys(values))
+
+
 @dataclass
 class Row:
     label: str
@@ -54,24 +59,13 @@ class Row:
     @property
     def commits(self) -> list[str]:
         """The short commits the runs started (and resumed) on; ``+`` marks a tree with uncommitted changes."""
-        out = []
-        for r in self.runs:
-            for c in r.get("git_commits") or [r.get("git_commit") or "?"]:
-                c = str(c or "?")
-                short = c[:7] + ("+" if c.endswith("-dirty") else "")
-                if short not in out:
-                    out.append(short)
-        return out
+        return _first_seen(str(c or "?")[:7] + ("+" if str(c).endswith("-dirty") else "")
+                           for r in self.runs for c in r.get("git_commits") or [r.get("git_commit") or "?"])
 
     @property
     def cpu_kinds(self) -> list[str]:
-        """The CPU kinds (``amd-avx2``...) the runs ran on, first-seen order: ``s/epoch`` compares only within one."""
-        out: list[str] = []
-        for r in self.runs:
-            kind = str((r.get("machine") or {}).get("cpu_kind") or "?")
-            if kind not in out:
-                out.append(kind)
-        return out
+        """The CPU kinds (``amd-avx2``...) the runs ran on: ``s/epoch`` compares only within one."""
+        return _first_seen(str((r.get("machine") or {}).get("cpu_kind") or "?") for r in self.runs)
 
     @property
     def seconds_per_epoch(self) -> float:
