@@ -169,22 +169,51 @@ def search_rows(table_root: Path, budget: dict) -> dict[str, dict[str, Row]]:
     return out
 
 
+def _family_scores(rows: dict[str, dict[str, Row]], members: list[str]) -> dict[str, float]:
+    """{value: mean last-epoch validation accuracy over the family's members}, for values all members finished."""
+    return {value: statistics.mean(statistics.mean(by_method[m].values("acc", "last")) for m in members)
+            for value, by_method in rows.items() if all(m in by_method for m in members)}
+
+
+def bracketed_winner(grid: list[str], scores: dict[str, float]) -> str | None:
+    """The best scored value of ``grid``, or None while the search cannot name one yet.
+
+    A whole grid always names its best. A partial one names it only when the scored values are one contiguous
+    stretch of the grid and the best lies strictly inside it on every side where the grid goes on: each unscored
+    value then lies beyond a scored neighbour that already scored below the winner (the search assumes the score
+    is unimodal in the value, and says which values it left unscored)."""
+    done = [i for i, v in enumerate(grid) if v in scores]
+    if not done:
+        return None
+    lo, hi = done[0], done[-1]
+    if done != list(range(lo, hi + 1)):
+        return None
+    best = max(range(lo, hi + 1), key=lambda i: scores[grid[i]])
+    if (best == lo and lo > 0) or (best == hi and hi < len(grid) - 1):
+        return None
+    return grid[best]
+
+
 def search_winners(table_root: Path, budget: dict) -> dict[str, str]:
     """{family: winning value}: the highest mean last-epoch validation accuracy over the family's searched
-    methods, among values whose runs have all finished (a family with unfinished values has no winner yet)."""
+    methods (see ``bracketed_winner`` for when a family with unscored values already has one)."""
     search = budget.get("search") or {}
     rows = search_rows(table_root, budget)
     winners: dict[str, str] = {}
     for fam in {family(m) for m in search.get("methods", [])}:
         members = [m for m in search["methods"] if family(m) == fam]
-        scores = {}
-        for value, by_method in rows.items():
-            if all(m in by_method for m in members):
-                scores[value] = statistics.mean(statistics.mean(by_method[m].values("acc", "last"))
-                                                for m in members)
-        if scores and len(scores) == len(search.get("values", [])):
-            winners[fam] = max(scores, key=lambda v: scores[v])
+        won = bracketed_winner(search.get("values", []), _family_scores(rows, members))
+        if won is not None:
+            winners[fam] = won
     return winners
+
+
+def unscored_values(table_root: Path, budget: dict, fam: str) -> list[str]:
+    """The searched values the family's methods have not all finished."""
+    search = budget.get("search") or {}
+    members = [m for m in search.get("methods", []) if family(m) == fam]
+    scores = _family_scores(search_rows(table_root, budget), members)
+    return [v for v in search.get("values", []) if v not in scores]
 
 
 def plan_runs(args: argparse.Namespace, budget: dict, table_root: Path, ckpt: str,
@@ -547,8 +576,15 @@ def _search_section(table_root: Path, budget: dict) -> list[str]:
         cells = [mean_std(rows[value][m].values("acc", "last")) if m in rows[value] else "—" for m in methods]
         lines.append(f"| {value} | " + " | ".join(cells) + " |")
     fams = sorted({family(m) for m in methods})
-    lines += ["", "Winners: " + ", ".join(f"{f} → `{search['key']}={winners[f]}`" if f in winners
-                                         else f"{f} → (search unfinished)" for f in fams) + ".", ""]
+    def verdict(f: str) -> str:
+        if f not in winners:
+            return f"{f} → (search unfinished)"
+        left = unscored_values(table_root, budget, f)
+        return f"{f} → `{search['key']}={winners[f]}`" + (
+            f" (peak bracketed; {', '.join(left)} not run: each lies beyond a value that already scored below "
+            "the winner)" if left else "")
+
+    lines += ["", "Winners: " + ", ".join(verdict(f) for f in fams) + ".", ""]
     return lines
 
 

@@ -123,6 +123,26 @@ def test_search_winners_per_family_from_the_ledger(sweep, tmp_path):
     assert "| 1e-3 | 50.00 | 70.00 | 60.00 |" in lines and "peft → `optimizer.lr=2e-3`" in lines
 
 
+def test_a_partial_search_names_a_winner_only_once_its_peak_is_bracketed(sweep, tmp_path):
+    grid = ["5e-4", "1e-3", "2e-3", "4e-3", "8e-3"]
+    win = sweep.bracketed_winner
+    assert win(grid, {}) is None
+    assert win(grid, {"5e-4": 70.0, "1e-3": 72.0}) is None             # rising at the edge of what ran
+    assert win(grid, {"5e-4": 70.0, "1e-3": 72.0, "2e-3": 71.0}) == "1e-3"  # fell on the far side: bracketed
+    assert win(grid, {"1e-3": 72.0, "2e-3": 71.0}) is None             # might still rise below 1e-3
+    assert win(grid, {"5e-4": 70.0, "2e-3": 71.0, "4e-3": 69.0}) is None  # a hole in the stretch
+    assert win(grid, {"4e-3": 60.0, "8e-3": 65.0}) == "8e-3"           # the grid's own end needs no bracket
+    assert win(grid, dict(zip(grid, [1.0, 2.0, 3.0, 4.0, 5.0]))) == "8e-3"
+    budget = {"search": {"key": "optimizer.lr", "values": grid, "methods": ["linear", "full"], "val_per_class": 10}}
+    _search_ledger(tmp_path, {"5e-4": {"linear": 60.0, "full": 75.5}, "1e-3": {"linear": 61.0, "full": 76.25},
+                              "2e-3": {"linear": 62.0, "full": 76.0}})
+    assert sweep.search_winners(tmp_path, budget) == {"full": "1e-3"}   # linear still rising: no winner yet
+    assert sweep.unscored_values(tmp_path, budget, "full") == ["4e-3", "8e-3"]
+    lines = "\n".join(sweep._search_section(tmp_path, budget))
+    assert "full → `optimizer.lr=1e-3` (peak bracketed; 4e-3, 8e-3 not run" in lines
+    assert "linear → (search unfinished)" in lines
+
+
 def test_use_search_gives_each_family_its_winner_and_refuses_without_one(sweep, tmp_path):
     budget = {"search": {"key": "optimizer.lr", "values": ["1e-3", "2e-3"], "methods": ["linear", "adapterx"],
                          "val_per_class": 10}}
