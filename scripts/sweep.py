@@ -301,44 +301,115 @@ def print_plan(runs: list[Planned], run_root: Path, table_root: Path, epochs: in
 
 #: the MHR cross-task protocol's row (Poly, MHR, MHR-z, MHR-mu) runs with this config as one few-shot "method"
 MHR_PROTOCOL = "mhr"
+#: the few-shot settings (way, shot) of the table: the issue's two, not the configs' way x shot product (which
+#: would add 5w20s and 10w10s and double the CPU time)
+FEWSHOT_SETTINGS = ((5, 10), (10, 20))
+FEWSHOT_FOLDS = 10
+
+
+def _fewshot_name(method: str) -> str:
+    return "mhr_protocol" if method == MHR_PROTOCOL else method
+
+
+def fewshot_folds(method: str) -> list[Path]:
+    """The fold folders (relative to ``fewshot/<name>``) the table wants of a --fewshot method or the MHR rows."""
+    from pointpeft.fewshot.mhr_protocol import ROW_NAMES
+    from pointpeft.fewshot.table import column_name
+
+    groups = [Path(mode) for mode in ROW_NAMES] if method == MHR_PROTOCOL else [Path()]
+    return [g / column_name(w, s) / f"fold{k}" for g in groups for w, s in FEWSHOT_SETTINGS
+            for k in range(FEWSHOT_FOLDS)]
 
 
 def _seed_from_ledger(entry_root: Path, run_root: Path) -> None:
-    """Copy the ledger's finished fold summaries into the run root, so the few-shot sweep skips those folds."""
+    """Copy the ledger's finished fold summaries into the run root, so the few-shot sweep skips those folds.
+    MHR's multi-task inventories are left out: the ledger holds their summary but not their weights, and a copied
+    summary would make the protocol skip training an inventory it then cannot load."""
     for entry in finished_entries(entry_root):
-        dst = run_root / entry.relative_to(entry_root)
+        rel = entry.relative_to(entry_root)
+        if any(part.startswith("multitask_") for part in rel.parts):
+            continue
+        dst = run_root / rel
         if not (dst / "results.json").is_file():
             record_run(entry, dst)  # the same summary copy, in the other direction
 
 
+def fewshot_argv(args: argparse.Namespace, method: str, root: Path, ckpt: str, budget: dict,
+                 winners: dict[str, str], way: int, shot: int) -> list[str]:
+    """tools/fewshot.py's command line for one method and setting: the CPU-sized recipe of the budget, the
+    family's searched value, and for the MHR rows the CPU-sized multi-task phase."""
+    key = (budget.get("search") or {}).get("key")
+    argv = ["--config", str(REPO / "cfgs" / "fewshot" / f"{method}.yaml"), "--ckpt", ckpt, "--root", str(root),
+            "--name", _fewshot_name(method), "--generate-from", "modelnet40", "--source-root", args.data_root,
+            "--folds-root", str(root / "fewshot_episodes"), "--epochs", str(args.fewshot_epochs), "--quiet",
+            "--way", str(way), "--shot", str(shot), "--folds", f"0-{FEWSHOT_FOLDS - 1}",
+            f"model.type={args.backbone}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
+            f"train.amp={run_precision(budget, args)}"]
+    if method == MHR_PROTOCOL:  # overrides first: argparse takes the positional overrides as one run
+        return [*argv, f"fewshot.mhr.epochs={args.mhr_epochs}", f"fewshot.mhr.train_per_class={args.mhr_per_class}",
+                "--protocol", "mhr"]
+    if family(method) in winners:
+        argv.append(f"{key}={winners[family(method)]}")
+    return argv
+
+
 def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt: str,
                 budget: dict) -> None:
-    """Every --fewshot method's folds (5-way 10-shot and 10-way 20-shot by default, 10 folds), then the MHR
-    protocol rows; each finished fold enters the ledger."""
+    """Every --fewshot method's folds (``FEWSHOT_SETTINGS`` x ``FEWSHOT_FOLDS``), then the MHR protocol rows;
+    each method's finished folds enter the ledger. A method whose folds are all in the ledger is skipped (so a
+    fresh clone does not retrain MHR's inventories for nothing)."""
     from pointpeft.fewshot.cli import main as fewshot_main
 
     winners = search_winners(ledger or root, budget) if args.use_search else {}
-    key = (budget.get("search") or {}).get("key")
     for method in [*args.fewshot, MHR_PROTOCOL]:
-        name = "mhr_protocol" if method == MHR_PROTOCOL else method
+        name = _fewshot_name(method)
         run_dir, entry = root / "fewshot" / name, (ledger / "fewshot" / name if ledger else None)
         if entry is not None:
+            if all(is_finished(entry / rel) for rel in fewshot_folds(method)):
+                log.info("few-shot %s: every fold is in the ledger; skipped", name)
+                continue
             _seed_from_ledger(entry, run_dir)
-        argv = ["--config", str(REPO / "cfgs" / "fewshot" / f"{method}.yaml"), "--ckpt", ckpt, "--root", str(root),
-                "--name", name, "--generate-from", "modelnet40", "--source-root", args.data_root,
-                "--folds-root", str(root / "fewshot_episodes"), "--epochs", str(args.fewshot_epochs), "--quiet",
-                f"model.type={args.backbone}", f"scheduler.warmup_epochs={args.warmup_epochs}", "train.progress=off",
-                f"train.amp={run_precision(budget, args)}"]
-        if method == MHR_PROTOCOL:
-            argv += ["--protocol", "mhr"]
-        elif family(method) in winners:
-            argv.append(f"{key}={winners[family(method)]}")
-        rc = fewshot_main(argv)
-        if rc != 0:
-            raise SystemExit(f"sweep: few-shot {name} failed with exit code {rc}")
-        if entry is not None:
-            n = len(record_tree(run_dir, entry))
-            log.info("recorded %d few-shot folds of %s in the ledger (commit them)", n, name)
+        for way, shot in FEWSHOT_SETTINGS:
+            rc = fewshot_main(fewshot_argv(args, method, root, ckpt, budget, winners, way, shot))
+            if rc != 0:
+                raise SystemExit(f"sweep: few-shot {name} {way}-way {shot}-shot failed with exit code {rc}")
+            if entry is not None:  # after each setting, so an interrupted method keeps what finished
+                n = len(record_tree(run_dir, entry))
+                log.info("recorded %d few-shot runs of %s in the ledger (commit them)", n, name)
+
+
+def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:
+    """--plan for the few-shot step: folds finished and left per method and setting, with an estimate from the
+    ledger's finished folds of that setting (any method; the main table's s/epoch scaled when there are none)."""
+    per_epoch = epoch_minutes(table_root)
+    left_min, left_n = 0.0, 0
+    for method in [*args.fewshot, MHR_PROTOCOL]:
+        entry = table_root / "fewshot" / _fewshot_name(method)
+        by_setting: dict[str, list[Path]] = {}
+        for rel in fewshot_folds(method):
+            by_setting.setdefault(str(rel.parent), []).append(rel)
+        for setting, rels in by_setting.items():
+            todo = [r for r in rels if not is_finished(entry / r)]
+            fold_min = _fold_minutes(table_root, Path(setting).name, method, per_epoch, args.fewshot_epochs)
+            left_min += fold_min * len(todo)
+            left_n += len(todo)
+            print(f"{'finished' if not todo else 'to run':12s} fewshot/{_fewshot_name(method)}/{setting:40s} "
+                  f"{len(rels) - len(todo)}/{len(rels)} folds  {f'~{fold_min * len(todo):.0f} min' if todo else ''}")
+    print(f"{left_n} few-shot folds left, ~{left_min / 60:.1f} h of this machine (MHR's two multi-task inventories "
+          "not counted)")
+
+
+def _fold_minutes(table_root: Path, setting: str, method: str, per_epoch: dict[str, float], epochs: int) -> float:
+    """Median minutes of a finished fold of ``setting`` in the ledger, else the method's main-table epoch time
+    scaled to the setting's support and query clouds (a query cloud counted as a third of a training one)."""
+    times = [json.loads((d / "results.json").read_text()).get("elapsed_s")
+             for d in (table_root / "fewshot").glob(f"**/{setting}/fold*") if is_finished(d)]
+    times = [t for t in times if t]
+    if times:
+        return statistics.median(times) / 60
+    way, shot = (int(x) for x in setting[:-1].split("w"))
+    base = per_epoch.get(method if method != MHR_PROTOCOL else "lora", DEFAULT_EPOCH_MINUTES[family(method)])
+    return epochs * base * (way * shot + way * 20 / 3) / 2000
 
 
 def fewshot_rows(table_root: Path) -> list[dict]:
@@ -367,7 +438,9 @@ def _fewshot_section(table_root: Path, budget: dict) -> list[str]:
             f"N-way K-shot episodes generated from the ModelNet40 training split (20 queries per class from the test "
             f"split), {fs.get('epochs', '?')} epochs per fold (CPU-sized; the originals train 150), last-epoch query "
             "accuracy, mean ± std over the finished folds (the cell says how many). The MHR rows follow MHR's "
-            "cross-task protocol (inventory trained on disjoint class subsets, adapted on unseen classes).", "",
+            "cross-task protocol (inventory trained on disjoint class subsets, adapted on unseen classes); its "
+            f"multi-task phase is CPU-sized too: {fs.get('mhr_epochs', '?')} epochs on "
+            f"{fs.get('mhr_per_class', '?')} training clouds per class (MHR trains 100 epochs on all).", "",
             format_table(rows), ""]
 
 
@@ -406,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fewshot", nargs="+", default=None, metavar="METHOD",
                     help="few-shot step: these methods' folds, then the MHR protocol rows")
     ap.add_argument("--fewshot-epochs", type=int, default=30, help="epochs per few-shot fold (CPU-sized recipe)")
+    ap.add_argument("--mhr-epochs", type=int, default=10,
+                    help="epochs of MHR's multi-task inventory training (CPU-sized; MHR's recipe is 100)")
+    ap.add_argument("--mhr-per-class", type=int, default=50,
+                    help="training clouds per class of MHR's multi-task phase (CPU-sized; null = all in MHR)")
     ap.add_argument("--variant", help="name of an investigation: fine-tune --methods x --seeds with the --set "
                     "overrides from this root's pretrained backbone (runs go to ROOT/variants/NAME)")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="the variant's fine-tuning overrides")
@@ -443,14 +520,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.efficiency:
         budget["efficiency"] = {"per_class": args.efficiency, "methods": args.methods}
     if args.fewshot:
-        budget["fewshot"] = {"methods": args.fewshot, "epochs": args.fewshot_epochs}
+        budget["fewshot"] = {"methods": args.fewshot, "epochs": args.fewshot_epochs, "mhr_epochs": args.mhr_epochs,
+                             "mhr_per_class": args.mhr_per_class}
     if args.table_only:
         remember_also(table_root / "budget.json", args.also)
     elif args.plan:
         recorded = _read_budget(table_root / "budget.json")
         ckpt = str(args.ckpt or recorded.get("ckpt") or "pretrain.pth")
-        print_plan(plan_runs(args, recorded or budget, table_root, ckpt, planning=True), root, table_root,
-                   args.epochs)
+        if args.fewshot:
+            print_fewshot_plan(args, table_root)
+        else:
+            print_plan(plan_runs(args, recorded or budget, table_root, ckpt, planning=True), root, table_root,
+                       args.epochs)
         return 0
     else:
         record_budget(table_root / "budget.json", budget)
@@ -503,9 +584,10 @@ def record_budget(path: Path, budget: dict) -> None:
                                                     for k in ("methods", "seeds")}}
         budget["variants"] = variants
         if old.get("fewshot") and budget.get("fewshot"):
-            if old["fewshot"]["epochs"] != budget["fewshot"]["epochs"]:
-                raise SystemExit(f"sweep: {path} records few-shot runs of {old['fewshot']['epochs']} epochs, not "
-                                 f"{budget['fewshot']['epochs']}; use another --ledger")
+            for k in ("epochs", "mhr_epochs", "mhr_per_class"):
+                if old["fewshot"].get(k) != budget["fewshot"].get(k):
+                    raise SystemExit(f"sweep: {path} records few-shot runs with {k} {old['fewshot'].get(k)}, not "
+                                     f"{budget['fewshot'].get(k)}; use another --ledger")
             budget["fewshot"]["methods"] = list(dict.fromkeys([*old["fewshot"]["methods"],
                                                                *budget["fewshot"]["methods"]]))
         budget["fewshot"] = budget.get("fewshot") or old.get("fewshot")

@@ -304,3 +304,62 @@ def test_git_commit_is_dirty_for_code_changes_but_not_for_the_ledger(tmp_path):
     assert git_commit(tmp_path / "sub") == clean, "a ledger update is not a code change"
     (tmp_path / "code.py").write_text("a = 2\n")
     assert git_commit(tmp_path / "sub") == clean + "-dirty"
+
+
+def _fewshot_args(sweep, **kw):
+    base = dict(fewshot=["linear"], fewshot_epochs=20, mhr_epochs=10, mhr_per_class=50, data_root="root",
+                backbone="point_mae_small", warmup_epochs=1, amp="fp32", use_search=True)
+    return sweep.argparse.Namespace(**{**base, **kw})
+
+
+def test_fewshot_argv_asks_for_the_two_settings_and_a_cpu_sized_mhr_phase(sweep, tmp_path):
+    from pointpeft.fewshot.cli import build_parser, resolve_config
+    from pointpeft.fewshot.options import fewshot_options, mhr_options
+
+    args, budget = _fewshot_args(sweep), {"amp": "fp32", "search": {"key": "optimizer.lr"}}
+    for method, way, shot in (("linear", 5, 10), ("mhr", 10, 20)):
+        argv = sweep.fewshot_argv(args, method, tmp_path, "ckpt.pth", budget, {"linear": "2e-3"}, way, shot)
+        cfg = resolve_config(build_parser().parse_args(argv))  # the fewshot tool accepts every key
+        opts = fewshot_options(cfg)
+        assert opts.settings == [(way, shot)] and list(opts.folds) == list(range(10))
+        assert cfg["train"]["epochs"] == 20
+        if method == "mhr":
+            mopts = mhr_options(cfg, opts)
+            assert (mopts.epochs, mopts.train_per_class) == (10, 50)
+            assert not any(a.startswith("optimizer.lr=") for a in argv)
+        else:
+            assert cfg["optimizer"]["lr"] == 2e-3
+
+
+def test_the_fewshot_step_skips_what_the_ledger_holds_and_never_copies_an_inventory(sweep, tmp_path, monkeypatch):
+    ledger, runs = tmp_path / "ledger", tmp_path / "runs"
+    for rel in sweep.fewshot_folds("linear"):
+        _fold(ledger, "linear", rel.parent.name, int(rel.name[4:]), 70.0)
+    _fold(ledger, "mhr_protocol/poly", "5w10s", 0, 60.0)
+    _fold(ledger, "mhr_protocol", "multitask_poly", 0, 50.0)  # an inventory's summary: its weights are not here
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv[argv.index("--name") + 1] + " " + argv[argv.index("--way") + 1] + "w")
+        return 0
+
+    import pointpeft.fewshot.cli as fewshot_cli
+
+    monkeypatch.setattr(fewshot_cli, "main", fake_main)
+    sweep.run_fewshot(_fewshot_args(sweep, use_search=False), runs, ledger, "ckpt.pth", {"amp": "fp32"})
+    assert calls == ["mhr_protocol 5w", "mhr_protocol 10w"]  # linear: all 20 folds recorded, skipped
+    assert (runs / "fewshot" / "mhr_protocol" / "poly" / "5w10s" / "fold0" / "results.json").is_file()
+    assert not (runs / "fewshot" / "mhr_protocol" / "multitask_poly").exists()
+
+
+def test_plan_counts_the_fewshot_folds_left(sweep, tmp_path, capsys):
+    ledger = tmp_path / "ledger"
+    for k in range(10):
+        _fold(ledger, "linear", "5w10s", k, 70.0)
+    rc = sweep.main(["--ledger", str(ledger), "--plan", "--fewshot", "linear", "--data-root", "root"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "finished     fewshot/linear/5w10s" in out and "10/10 folds" in out
+    assert "to run       fewshot/linear/10w20s" in out and "0/10 folds" in out
+    assert "fewshot/mhr_protocol/mhr_z/10w20s" in out
+    assert "90 few-shot folds left" in out  # linear's 10w20s + 4 MHR modes x 2 settings x 10
