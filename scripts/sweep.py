@@ -13,7 +13,7 @@ from the ledger alone — so a fresh clone resumes where the last sitting stoppe
     python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search \\
         --efficiency 10 100 --methods linear full adapterx dapt_x                                # 3. data efficiency
     python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search \
-        --fewshot linear full adapterx dapt_x --fewshot-epochs 30                                # 4. few-shot + MHR
+        --fewshot linear full adapterx dapt_x --fewshot-epochs 30 --mhr-epochs 10                # 4. few-shot + MHR
     python scripts/sweep.py --ledger results/mn40-small --plan                                  # what is left
     python scripts/sweep.py --ledger results/mn40-small --table-only                            # rebuild the tables
 
