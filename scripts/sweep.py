@@ -194,26 +194,23 @@ def bracketed_winner(grid: list[str], scores: dict[str, float]) -> str | None:
     return grid[best]
 
 
-def search_winners(table_root: Path, budget: dict) -> dict[str, str]:
-    """{family: winning value}: the highest mean last-epoch validation accuracy over the family's searched
-    methods (see ``bracketed_winner`` for when a family with unscored values already has one)."""
-    search = budget.get("search") or {}
-    rows = search_rows(table_root, budget)
-    winners: dict[str, str] = {}
+def family_verdicts(search: dict, rows: dict[str, dict[str, Row]]) -> dict[str, tuple[str | None, list[str]]]:
+    """{family: (winning value or None, values its methods have not all finished)} from the search rows read once:
+    the highest mean last-epoch validation accuracy over the family's searched methods (see ``bracketed_winner``
+    for when a family with unscored values already has one)."""
+    grid = search.get("values", [])
+    out: dict[str, tuple[str | None, list[str]]] = {}
     for fam in {family(m) for m in search.get("methods", [])}:
-        members = [m for m in search["methods"] if family(m) == fam]
-        won = bracketed_winner(search.get("values", []), _family_scores(rows, members))
-        if won is not None:
-            winners[fam] = won
-    return winners
+        scores = _family_scores(rows, [m for m in search["methods"] if family(m) == fam])
+        out[fam] = (bracketed_winner(grid, scores), [v for v in grid if v not in scores])
+    return out
 
 
-def unscored_values(table_root: Path, budget: dict, fam: str) -> list[str]:
-    """The searched values the family's methods have not all finished."""
+def search_winners(table_root: Path, budget: dict) -> dict[str, str]:
+    """{family: winning value} of the ledger's search, for the families that have one."""
     search = budget.get("search") or {}
-    members = [m for m in search.get("methods", []) if family(m) == fam]
-    scores = _family_scores(search_rows(table_root, budget), members)
-    return [v for v in search.get("values", []) if v not in scores]
+    verdicts = family_verdicts(search, search_rows(table_root, budget))
+    return {fam: won for fam, (won, _) in verdicts.items() if won is not None}
 
 
 def plan_runs(args: argparse.Namespace, budget: dict, table_root: Path, ckpt: str,
@@ -284,6 +281,16 @@ def epoch_minutes(table_root: Path) -> dict[str, float]:
     return out
 
 
+def epoch_estimate(method: str, per_epoch: dict[str, float]) -> float:
+    """Minutes an epoch of ``method`` is expected to take: its own ledger median, else the median over the
+    ledger's methods of its family (a PEFT method not run yet costs about what the PEFT methods run so far did),
+    else the family default."""
+    if method in per_epoch:
+        return per_epoch[method]
+    kin = [mins for name, mins in per_epoch.items() if family(name) == family(method)]
+    return statistics.median(kin) if kin else DEFAULT_EPOCH_MINUTES[family(method)]
+
+
 def print_plan(runs: list[Planned], run_root: Path, table_root: Path, epochs: int) -> None:
     """What is finished (ledger), in progress (a checkpoint in the run root) and left, with an estimate."""
     per_epoch = epoch_minutes(table_root)
@@ -292,7 +299,7 @@ def print_plan(runs: list[Planned], run_root: Path, table_root: Path, epochs: in
         done = is_finished(table_root / p.rel)
         state = "finished" if done else ("in progress" if (run_root / p.rel / "ckpt-last.pth").is_file()
                                          else "to run")
-        minutes = 0.0 if done else epochs * per_epoch.get(p.method, DEFAULT_EPOCH_MINUTES[family(p.method)])
+        minutes = 0.0 if done else epochs * epoch_estimate(p.method, per_epoch)
         left += minutes
         print(f"{state:12s} {str(p.rel):60s} {p.note:28s} {'' if done else f'~{minutes:.0f} min'}")
     print(f"{sum(not is_finished(table_root / p.rel) for p in runs)} of {len(runs)} runs left, ~{left / 60:.1f} h "
@@ -381,7 +388,7 @@ def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt:
 def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:
     """--plan for the few-shot step: folds finished and left per method and setting, with an estimate from the
     ledger's finished folds of that setting (any method; the main table's s/epoch scaled when there are none)."""
-    per_epoch = epoch_minutes(table_root)
+    per_epoch, fold_minutes = epoch_minutes(table_root), finished_fold_minutes(table_root)
     left_min, left_n = 0.0, 0
     for method in [*args.fewshot, MHR_PROTOCOL]:
         entry = table_root / "fewshot" / _fewshot_name(method)
@@ -390,7 +397,7 @@ def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:
             by_setting.setdefault(str(rel.parent), []).append(rel)
         for setting, rels in by_setting.items():
             todo = [r for r in rels if not is_finished(entry / r)]
-            fold_min = _fold_minutes(table_root, Path(setting).name, method, per_epoch, args.fewshot_epochs)
+            fold_min = _fold_minutes(Path(setting).name, method, per_epoch, fold_minutes, args.fewshot_epochs)
             left_min += fold_min * len(todo)
             left_n += len(todo)
             print(f"{'finished' if not todo else 'to run':12s} fewshot/{_fewshot_name(method)}/{setting:40s} "
@@ -399,16 +406,26 @@ def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:
           "not counted)")
 
 
-def _fold_minutes(table_root: Path, setting: str, method: str, per_epoch: dict[str, float], epochs: int) -> float:
+def finished_fold_minutes(table_root: Path) -> dict[str, float]:
+    """{setting (e.g. ``5w10s``): median minutes of the ledger's finished few-shot folds of it, any method}, read
+    in one pass over the ledger's fold folders."""
+    times: dict[str, list[float]] = {}
+    for d in (table_root / "fewshot").glob("**/fold*"):
+        if is_finished(d):
+            t = json.loads((d / "results.json").read_text()).get("elapsed_s")
+            if t:
+                times.setdefault(d.parent.name, []).append(t / 60)
+    return {setting: statistics.median(ts) for setting, ts in times.items()}
+
+
+def _fold_minutes(setting: str, method: str, per_epoch: dict[str, float], fold_minutes: dict[str, float],
+                  epochs: int) -> float:
     """Median minutes of a finished fold of ``setting`` in the ledger, else the method's main-table epoch time
     scaled to the setting's support and query clouds (a query cloud counted as a third of a training one)."""
-    times = [json.loads((d / "results.json").read_text()).get("elapsed_s")
-             for d in (table_root / "fewshot").glob(f"**/{setting}/fold*") if is_finished(d)]
-    times = [t for t in times if t]
-    if times:
-        return statistics.median(times) / 60
+    if setting in fold_minutes:
+        return fold_minutes[setting]
     way, shot = (int(x) for x in setting[:-1].split("w"))
-    base = per_epoch.get(method if method != MHR_PROTOCOL else "lora", DEFAULT_EPOCH_MINUTES[family(method)])
+    base = epoch_estimate(method if method != MHR_PROTOCOL else "lora", per_epoch)
     return epochs * base * (way * shot + way * 20 / 3) / 2000
 
 
@@ -646,7 +663,7 @@ def _search_section(table_root: Path, budget: dict) -> list[str]:
     if not search:
         return []
     rows = search_rows(table_root, budget)
-    winners = search_winners(table_root, budget)
+    verdicts = family_verdicts(search, rows)
     methods = search["methods"]
     lines = ["", "## Recipe search (validation split carved from the training split)", "",
              f"`{search['key']}` searched over {', '.join(search['values'])} for {', '.join(methods)}, one seed, "
@@ -659,10 +676,10 @@ def _search_section(table_root: Path, budget: dict) -> list[str]:
         lines.append(f"| {value} | " + " | ".join(cells) + " |")
     fams = sorted({family(m) for m in methods})
     def verdict(f: str) -> str:
-        if f not in winners:
+        won, left = verdicts[f]
+        if won is None:
             return f"{f} → (search unfinished)"
-        left = unscored_values(table_root, budget, f)
-        return f"{f} → `{search['key']}={winners[f]}`" + (
+        return f"{f} → `{search['key']}={won}`" + (
             f" (peak bracketed; {', '.join(left)} not run: each lies beyond a value that already scored below "
             "the winner)" if left else "")
 

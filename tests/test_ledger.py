@@ -137,7 +137,8 @@ def test_a_partial_search_names_a_winner_only_once_its_peak_is_bracketed(sweep, 
     _search_ledger(tmp_path, {"5e-4": {"linear": 60.0, "full": 75.5}, "1e-3": {"linear": 61.0, "full": 76.25},
                               "2e-3": {"linear": 62.0, "full": 76.0}})
     assert sweep.search_winners(tmp_path, budget) == {"full": "1e-3"}   # linear still rising: no winner yet
-    assert sweep.unscored_values(tmp_path, budget, "full") == ["4e-3", "8e-3"]
+    verdicts = sweep.family_verdicts(budget["search"], sweep.search_rows(tmp_path, budget))
+    assert verdicts == {"full": ("1e-3", ["4e-3", "8e-3"]), "linear": (None, ["4e-3", "8e-3"])}
     lines = "\n".join(sweep._search_section(tmp_path, budget))
     assert "full → `optimizer.lr=1e-3` (peak bracketed; 4e-3, 8e-3 not run" in lines
     assert "linear → (search unfinished)" in lines
@@ -215,6 +216,13 @@ def test_plan_lists_finished_and_remaining_runs_with_an_estimate(sweep, tmp_path
     assert "to run       finetune/full/seed0" in out and "~30 min" in out  # 10 epochs x the 3 min default
     assert "1 of 2 runs left" in out
 
+
+
+def test_plan_estimates_an_unrun_method_from_the_finished_runs_of_its_family(sweep):
+    per_epoch = {"adapterx": 2.0, "dapt": 3.0, "pointgst": 10.0, "linear": 1.0}
+    assert sweep.epoch_estimate("dapt", per_epoch) == 3.0        # its own median first
+    assert sweep.epoch_estimate("idpt", per_epoch) == 3.0        # else the PEFT runs' median (2, 3, 10)
+    assert sweep.epoch_estimate("full", per_epoch) == sweep.DEFAULT_EPOCH_MINUTES["full"]  # no full run yet
 
 def _fold(root: Path, name: str, setting: str, fold: int, acc: float) -> None:
     d = root / "fewshot" / name / setting / f"fold{fold}"
