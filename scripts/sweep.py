@@ -14,6 +14,8 @@ from the ledger alone — so a fresh clone resumes where the last sitting stoppe
         --efficiency 10 100 --methods linear full adapterx dapt_x                                # 3. data efficiency
     python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search \
         --fewshot linear full adapterx dapt_x --fewshot-epochs 30 --mhr-epochs 10                # 4. few-shot + MHR
+    python scripts/sweep.py --ckpt ... --ledger results/mn40-small --use-search --fewshot linear --skip-mhr
+                                                                   # one method a sitting, MHR rows in a later one
     python scripts/sweep.py --ledger results/mn40-small --plan                                  # what is left
     python scripts/sweep.py --ledger results/mn40-small --table-only                            # rebuild the tables
 
@@ -314,6 +316,12 @@ FEWSHOT_SETTINGS = ((5, 10), (10, 20))
 FEWSHOT_FOLDS = 10
 
 
+def fewshot_steps(args: argparse.Namespace) -> list[str]:
+    """The few-shot step's methods in order: the --fewshot ones, then the MHR protocol rows unless --skip-mhr
+    leaves them for a later invocation (one method per sitting, committed when it ends)."""
+    return [*args.fewshot, *([] if args.skip_mhr else [MHR_PROTOCOL])]
+
+
 def _fewshot_name(method: str) -> str:
     return "mhr_protocol" if method == MHR_PROTOCOL else method
 
@@ -362,13 +370,13 @@ def fewshot_argv(args: argparse.Namespace, method: str, root: Path, ckpt: str, b
 
 def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt: str,
                 budget: dict) -> None:
-    """Every --fewshot method's folds (``FEWSHOT_SETTINGS`` x ``FEWSHOT_FOLDS``), then the MHR protocol rows;
-    each method's finished folds enter the ledger. A method whose folds are all in the ledger is skipped (so a
+    """Every --fewshot method's folds (``FEWSHOT_SETTINGS`` x ``FEWSHOT_FOLDS``), then the MHR protocol rows
+    (unless --skip-mhr); each method's finished folds enter the ledger. A method whose folds are all in the ledger is skipped (so a
     fresh clone does not retrain MHR's inventories for nothing)."""
     from pointpeft.fewshot.cli import main as fewshot_main
 
     winners = search_winners(ledger or root, budget) if args.use_search else {}
-    for method in [*args.fewshot, MHR_PROTOCOL]:
+    for method in fewshot_steps(args):
         name = _fewshot_name(method)
         run_dir, entry = root / "fewshot" / name, (ledger / "fewshot" / name if ledger else None)
         if entry is not None:
@@ -390,7 +398,7 @@ def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:
     ledger's finished folds of that setting (any method; the main table's s/epoch scaled when there are none)."""
     per_epoch, fold_minutes = epoch_minutes(table_root), finished_fold_minutes(table_root)
     left_min, left_n = 0.0, 0
-    for method in [*args.fewshot, MHR_PROTOCOL]:
+    for method in fewshot_steps(args):
         entry = table_root / "fewshot" / _fewshot_name(method)
         by_setting: dict[str, list[Path]] = {}
         for rel in fewshot_folds(method):
@@ -495,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="data-efficiency runs: --methods at N training clouds per class (seed 0)")
     ap.add_argument("--fewshot", nargs="+", default=None, metavar="METHOD",
                     help="few-shot step: these methods' folds, then the MHR protocol rows")
+    ap.add_argument("--skip-mhr", action="store_true",
+                    help="few-shot step without the MHR protocol rows (a later --fewshot invocation runs them)")
     ap.add_argument("--fewshot-epochs", type=int, default=30, help="epochs per few-shot fold (CPU-sized recipe)")
     ap.add_argument("--mhr-epochs", type=int, default=10,
                     help="epochs of MHR's multi-task inventory training (CPU-sized; MHR's recipe is 100)")
@@ -516,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--set takes KEY=VALUE, got {bad}")
     if sum(map(bool, (args.search, args.variant, args.efficiency, args.fewshot))) > 1:
         ap.error("--search, --variant, --efficiency and --fewshot are separate steps: give one at a time")
+    if args.skip_mhr and not args.fewshot:
+        ap.error("--skip-mhr belongs to the few-shot step: give it with --fewshot")
     setup_logging()
     ledger = Path(args.ledger) if args.ledger else None
     root = Path(args.root) if args.root else (Path("experiments") / ledger.name if ledger else Path("experiments/sweep"))

@@ -316,7 +316,7 @@ def test_git_commit_is_dirty_for_code_changes_but_not_for_the_ledger(tmp_path):
 
 def _fewshot_args(sweep, **kw):
     base = dict(fewshot=["linear"], fewshot_epochs=20, mhr_epochs=10, mhr_per_class=50, data_root="root",
-                backbone="point_mae_small", warmup_epochs=1, amp="fp32", use_search=True)
+                backbone="point_mae_small", warmup_epochs=1, amp="fp32", use_search=True, skip_mhr=False)
     return sweep.argparse.Namespace(**{**base, **kw})
 
 
@@ -371,3 +371,18 @@ def test_plan_counts_the_fewshot_folds_left(sweep, tmp_path, capsys):
     assert "to run       fewshot/linear/10w20s" in out and "0/10 folds" in out
     assert "fewshot/mhr_protocol/mhr_z/10w20s" in out
     assert "90 few-shot folds left" in out  # linear's 10w20s + 4 MHR modes x 2 settings x 10
+
+
+def test_skip_mhr_leaves_the_mhr_rows_for_a_later_fewshot_invocation(sweep, tmp_path, monkeypatch, capsys):
+    calls = []
+    import pointpeft.fewshot.cli as fewshot_cli
+
+    monkeypatch.setattr(fewshot_cli, "main", lambda argv: calls.append(argv[argv.index("--name") + 1]) or 0)
+    sweep.run_fewshot(_fewshot_args(sweep, use_search=False, skip_mhr=True), tmp_path / "runs", tmp_path / "ledger",
+                      "ckpt.pth", {"amp": "fp32"})
+    assert calls == ["linear", "linear"]  # its two settings, no MHR protocol
+    rc = sweep.main(["--ledger", str(tmp_path / "ledger"), "--plan", "--fewshot", "linear", "--skip-mhr",
+                     "--data-root", "root"])
+    assert rc == 0 and "mhr_protocol" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sweep.main(["--ledger", str(tmp_path / "ledger"), "--plan", "--skip-mhr"])
