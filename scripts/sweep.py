@@ -452,6 +452,26 @@ def fewshot_rows(table_root: Path) -> list[dict]:
     return [r for r in rows if r["fewshot"]]
 
 
+def fewshot_recipes(table_root: Path) -> dict[str, str]:
+    """{method: "lr X, warm-up W epoch(s)"} as its finished folds' own configs ran (not as the budget meant them):
+    the lr is the family's searched one under --use-search, and a method whose folds differ lists each value."""
+    out: dict[str, str] = {}
+    base = table_root / "fewshot"
+    for d in sorted(base.iterdir()) if base.is_dir() else ():
+        if d.name == "mhr_protocol" or not d.is_dir():
+            continue
+        seen: dict[str, None] = {}
+        for fold in d.glob("*/fold*"):
+            if is_finished(fold):
+                cfg = json.loads((fold / "results.json").read_text()).get("config") or {}
+                lr = (cfg.get("optimizer") or {}).get("lr")
+                warm = (cfg.get("scheduler") or {}).get("warmup_epochs")
+                seen[f"lr {lr:g}, warm-up {warm}" if isinstance(lr, (int, float)) else f"lr ?, warm-up {warm}"] = None
+        if seen:
+            out[d.name] = " / ".join(sorted(seen))
+    return out
+
+
 def _fewshot_section(table_root: Path, budget: dict) -> list[str]:
     from pointpeft.fewshot.table import format_table
 
@@ -466,6 +486,9 @@ def _fewshot_section(table_root: Path, budget: dict) -> list[str]:
             "cross-task protocol (inventory trained on disjoint class subsets, adapted on unseen classes); its "
             f"multi-task phase is CPU-sized too: {fs.get('mhr_epochs', '?')} epochs on "
             f"{fs.get('mhr_per_class', '?')} training clouds per class (MHR trains 100 epochs on all).", "",
+            "Recipe of each row, read from its folds' configs: "
+            + "; ".join(f"{m}: {r}" for m, r in fewshot_recipes(table_root).items())
+            + " (batch 32, AdamW, cosine schedule; the originals: lr 5e-4, 10 warm-up epochs of 150).", "",
             format_table(rows), ""]
 
 

@@ -231,6 +231,17 @@ def _fold(root: Path, name: str, setting: str, fold: int, acc: float) -> None:
                                                 "last": {"val_acc": acc}, "best": {"acc": acc + 5}}))
 
 
+def test_the_fewshot_header_states_each_rows_recipe_from_its_folds(sweep, tmp_path):
+    for fold, lr in enumerate((2e-3, 2e-3)):
+        _fold(tmp_path, "linear", "5w10s", fold, 70.0)
+        res = tmp_path / "fewshot" / "linear" / "5w10s" / f"fold{fold}" / "results.json"
+        res.write_text(json.dumps({**json.loads(res.read_text()),
+                                   "config": {"optimizer": {"lr": lr}, "scheduler": {"warmup_epochs": 1}}}))
+    assert sweep.fewshot_recipes(tmp_path) == {"linear": "lr 0.002, warm-up 1"}
+    section = "\n".join(sweep._fewshot_section(tmp_path, {"fewshot": {"epochs": 30}}))
+    assert "30 epochs per fold" in section and "linear: lr 0.002, warm-up 1" in section
+
+
 def test_fewshot_and_mhr_rows_are_rebuilt_from_the_ledger(sweep, tmp_path):
     for fold, acc in enumerate((80.0, 90.0)):
         _fold(tmp_path, "adapterx", "5w10s", fold, acc)
