@@ -743,7 +743,9 @@ def _efficiency_section(table_root: Path, budget: dict, out: Path, main_rows: li
     sizes = sorted({n for p in points.values() for n in p})
     lines = ["## Data efficiency (seed 0)", "",
              "Last-epoch test accuracy (best epoch in brackets) against training clouds per class; the "
-             f"{budget.get('per_class') or 'all'}/class column is the main table's seed-0 run.", "",
+             f"{budget.get('per_class') or 'all'}/class column is the main table's seed-0 run. Every size trains "
+             f"the budget's {budget.get('epochs', '?')} epochs, so a smaller set also gets proportionally fewer "
+             "optimizer steps.", "",
              "| method | " + " | ".join(f"{n}/class" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for method, p in points.items():
         lines.append(f"| {method} | " + " | ".join(f"{p[n][0]:.2f} ({p[n][1]:.2f})" if n in p else "—"
