@@ -489,7 +489,7 @@ def _fewshot_section(table_root: Path, budget: dict) -> list[str]:
             "Recipe of each row, read from its folds' configs: "
             + "; ".join(f"{m}: {r}" for m, r in fewshot_recipes(table_root).items())
             + " (batch 32, AdamW, cosine schedule; the originals: lr 5e-4, 10 warm-up epochs of 150).", "",
-            format_table(rows), ""]
+            format_table(rows, settings=FEWSHOT_SETTINGS), ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -240,6 +240,7 @@ def test_the_fewshot_header_states_each_rows_recipe_from_its_folds(sweep, tmp_pa
     assert sweep.fewshot_recipes(tmp_path) == {"linear": "lr 0.002, warm-up 1"}
     section = "\n".join(sweep._fewshot_section(tmp_path, {"fewshot": {"epochs": 30}}))
     assert "30 epochs per fold" in section and "linear: lr 0.002, warm-up 1" in section
+    assert "| method | 5w10s | 10w20s |" in section  # the sweep's two settings, not the configs' product
 
 
 def test_fewshot_and_mhr_rows_are_rebuilt_from_the_ledger(sweep, tmp_path):
