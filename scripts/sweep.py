@@ -371,8 +371,8 @@ def fewshot_argv(args: argparse.Namespace, method: str, root: Path, ckpt: str, b
 def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt: str,
                 budget: dict) -> None:
     """Every --fewshot method's folds (``FEWSHOT_SETTINGS`` x ``FEWSHOT_FOLDS``), then the MHR protocol rows
-    (unless --skip-mhr); each method's finished folds enter the ledger. A method whose folds are all in the ledger is skipped (so a
-    fresh clone does not retrain MHR's inventories for nothing)."""
+    (unless --skip-mhr); each method's finished folds enter the ledger. A method whose folds are all in the ledger
+    is skipped (so a fresh clone does not retrain MHR's inventories for nothing)."""
     from pointpeft.fewshot.cli import main as fewshot_main
 
     winners = search_winners(ledger or root, budget) if args.use_search else {}
@@ -466,7 +466,7 @@ def fewshot_recipes(table_root: Path) -> dict[str, str]:
                 cfg = json.loads((fold / "results.json").read_text()).get("config") or {}
                 lr = (cfg.get("optimizer") or {}).get("lr")
                 warm = (cfg.get("scheduler") or {}).get("warmup_epochs")
-                seen[f"lr {lr:g}, warm-up {warm}" if isinstance(lr, (int, float)) else f"lr ?, warm-up {warm}"] = None
+                seen[f"lr {lr:g}, warm-up {warm}" if isinstance(lr, (int, float)) else f"lr {lr}, warm-up {warm}"] = None
         if seen:
             out[d.name] = " / ".join(sorted(seen))
     return out
