@@ -170,10 +170,12 @@ def test_divergence_after_a_checkpoint_names_it_and_leaves_it_intact(tmp_path):
 def test_a_few_steps_on_real_modelnet40_reduce_the_loss(modelnet_h5_root):
     from pointpeft.engine.trainer_hooks import Hook
 
+    # lr 1e-3: at 2e-3 the held-out loss after 30 steps swings with the float summation order (2.96 with 2 threads,
+    # 3.91 with 1, on a Sapphire Rapids); at 1e-3 it is 3.10-3.12 with either.
     cfg = load_config(REPO / "cfgs/finetune/modelnet40/full.yaml", [
         f"data.train.root={modelnet_h5_root}", "model.type=point_mae_tiny", "data.train.npoints=256",
         "data.batch_size=32", "train.max_steps_per_epoch=30", "train.epochs=1", "train.amp=fp32",
-        "train.progress=off", "scheduler.warmup_epochs=0", "scheduler.min_lr=2e-3", "optimizer.lr=2e-3",
+        "train.progress=off", "scheduler.warmup_epochs=0", "scheduler.min_lr=1e-3", "optimizer.lr=1e-3",
         "model.drop_path_rate=0.0", "model.head_dropout=0.0"])
     cfg["data"]["val"] = None
 
