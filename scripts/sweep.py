@@ -823,7 +823,7 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
          f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std)."
          if budget.get("methods") else "- Seeds: the main table's runs have not started (`--plan` lists them)."),
         f"- Recipe: {_recipe_line(root, budget)}",
-        f"- Hardware: {machine.get('cpu_model', '?')} ({kinds}), {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
+        f"- Hardware: {'; '.join(_distinct(rows, 'machine', 'cpu_model'))} ({kinds}), {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
         "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine, comparable only "
         "between rows of one `cpu` kind: compare speeds with benchmarks/README.md, not with this column. `commit` is the commit each row ran on (`+`: with "
         "uncommitted changes in the tree).",

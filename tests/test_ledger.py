@@ -176,17 +176,18 @@ def test_a_ledger_holds_one_precision(sweep, tmp_path):
 
 
 def test_the_table_says_when_its_rows_ran_at_different_precisions_or_cpu_kinds(sweep, tmp_path):
-    for method, mode, kind in (("linear", "fp32", "amd-avx2"), ("adapterx", "bf16", "intel-amx")):
+    for method, mode, kind, model in (("linear", "fp32", "amd-avx2", "AMD EPYC"),
+                                      ("adapterx", "bf16", "intel-amx", "Intel Xeon")):
         d = tmp_path / "finetune" / method / "seed0"
         d.mkdir(parents=True)
         (d / "results.json").write_text(json.dumps({**_results(60.0, method=method), "amp": {"mode": mode},
-                                                    "machine": {"cpu_model": "cpu", "cpu_kind": kind}}))
+                                                    "machine": {"cpu_model": model, "cpu_kind": kind}}))
     out = tmp_path / "results.md"
     sweep.write_table(tmp_path, out, {"methods": ["linear", "adapterx"], "epochs": 3, "per_class": 5,
                                       "test_per_class": 0})
     text = out.read_text()
     assert "AMP MIXED (bf16, fp32: rows are not comparable)" in text
-    assert "(rows ran on amd-avx2, intel-amx)" in text  # s/epoch compares only within one CPU kind
+    assert "Hardware: AMD EPYC; Intel Xeon (rows ran on amd-avx2, intel-amx)" in text  # every row's CPU, not the first's
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| linear") or
             line.startswith("| adapterx")}
     assert rows["| linear"].endswith("| amd-avx2 |") and rows["| adapterx"].endswith("| intel-amx |")  # per row
