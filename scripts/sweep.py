@@ -799,7 +799,6 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
     budget_file = root / "budget.json"
     if budget_file.is_file():
         budget = json.loads(budget_file.read_text())
-    machine = rows[0].runs[0].get("machine", {}) if rows else {}
     modes, kinds = _distinct(rows, "amp", "mode"), _distinct(rows, "machine", "cpu_kind")
     amp = (modes[0] if len(modes) == 1 else f"MIXED ({', '.join(modes)}: rows are not comparable)") if rows else None
     kinds = ("rows ran on " if len(kinds) > 1 else "") + ", ".join(kinds)  # s/epoch compares only within one kind
@@ -823,7 +822,7 @@ def write_table(root: Path, out: Path, budget: dict) -> None:
          f"{budget.get('seeds_for')} (the `seeds` column counts the runs that finished; mean ± sample std)."
          if budget.get("methods") else "- Seeds: the main table's runs have not started (`--plan` lists them)."),
         f"- Recipe: {_recipe_line(root, budget)}",
-        f"- Hardware: {'; '.join(_distinct(rows, 'machine', 'cpu_model'))} ({kinds}), {machine.get('cpu_affinity', '?')} cores, AMP {amp}. "
+        f"- Hardware: {'; '.join(_distinct(rows, 'machine', 'cpu_model'))} ({kinds}), {', '.join(_distinct(rows, 'machine', 'cpu_affinity'))} cores, AMP {amp}. "
         "`s/epoch` is the median wall time of an epoch (training + evaluation) on a shared machine, comparable only "
         "between rows of one `cpu` kind: compare speeds with benchmarks/README.md, not with this column. `commit` is the commit each row ran on (`+`: with "
         "uncommitted changes in the tree).",
