@@ -438,7 +438,8 @@ def _fold_minutes(setting: str, method: str, per_epoch: dict[str, float], fold_m
 
 
 def fewshot_rows(table_root: Path) -> list[dict]:
-    """Few-shot rows rebuilt from the ledger's fold folders (mean ± std over folds, last epoch)."""
+    """Few-shot rows rebuilt from the ledger's fold folders (mean ± std over folds, last epoch). MHR's protocol
+    rows carry ``protocol: mhr``: their episodes are the held-out classes', not the other rows'."""
     from pointpeft.fewshot.mhr_protocol import ROW_NAMES
     from pointpeft.fewshot.table import summarize_method
 
@@ -446,10 +447,32 @@ def fewshot_rows(table_root: Path) -> list[dict]:
     rows = []
     for d in sorted(base.iterdir()) if base.is_dir() else ():
         if d.name == "mhr_protocol":
-            rows += [summarize_method(d / mode, label) for mode, label in ROW_NAMES.items() if (d / mode).is_dir()]
+            rows += [summarize_method(d / mode, label, extra={"protocol": "mhr"})
+                     for mode, label in ROW_NAMES.items() if (d / mode).is_dir()]
         elif d.is_dir():
             rows.append(summarize_method(d, d.name))
     return [r for r in rows if r["fewshot"]]
+
+
+#: the row each group of few-shot rows is paired with, fold by fold: full fine-tuning for the methods (one
+#: episodes folder), Poly for MHR's protocol rows (MHR's own baseline, on the held-out classes' episodes)
+PAIRED_REFERENCE = {None: "full", "mhr": "Poly"}
+
+
+def _paired_lines(rows: list[dict]) -> list[str]:
+    """The paired tables of the few-shot section, one per group of rows that share their episodes."""
+    from pointpeft.fewshot.table import format_paired_table, paired_differences
+
+    out = []
+    for protocol, reference in PAIRED_REFERENCE.items():
+        diffs = paired_differences([r for r in rows if r.get("protocol") == protocol], reference, FEWSHOT_SETTINGS)
+        if diffs:
+            out += [format_paired_table(diffs, reference, FEWSHOT_SETTINGS), ""]
+    if not out:
+        return []
+    return ["Paired over the same folds (every row of a group is tested on the same episodes): each row's per-fold "
+            "accuracy minus the reference's, mean ± std in points, then the folds won / tied / lost. The spread "
+            "of the cells above is mostly how hard an episode is, which pairing cancels.", "", *out]
 
 
 def fewshot_recipes(table_root: Path) -> dict[str, str]:
@@ -489,7 +512,7 @@ def _fewshot_section(table_root: Path, budget: dict) -> list[str]:
             "Recipe of each row, read from its folds' configs: "
             + "; ".join(f"{m}: {r}" for m, r in fewshot_recipes(table_root).items())
             + " (batch 32, AdamW, cosine schedule; the originals: lr 5e-4, 10 warm-up epochs of 150).", "",
-            format_table(rows, settings=FEWSHOT_SETTINGS), ""]
+            format_table(rows, settings=FEWSHOT_SETTINGS), "", *_paired_lines(rows)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pointpeft.fewshot import fewshot_options, format_table, parse_folds, run_sw
 from pointpeft.fewshot.cli import main as fewshot_main
 from pointpeft.fewshot.folds import MANIFEST, ensure_folds
 from pointpeft.fewshot.sweep import FoldJob, fold_config, fold_run_dir, plan_sweep
+from pointpeft.fewshot.table import format_paired_table, paired_differences
 from pointpeft.utils.safe_pickle import safe_load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,3 +291,20 @@ def test_folds_and_seeds_draw_different_episodes(tmp_path: Path) -> None:
     classes = {k: {orig for orig, _ in sig} for k, sig in drawn.items()}
     assert len({frozenset(c) for c in classes.values()}) > 1  # not only the clouds: the classes vary too
     assert signature(episodes(0)[2]) == drawn[(0, 2)]  # and a pair is reproducible
+
+
+def test_paired_differences_subtract_the_reference_fold_by_fold(tmp_path: Path) -> None:
+    for name, accs in {"full": [90.0, 80.0, 70.0], "lora": [92.0, 80.0, 69.0], "vpt": [95.0, 85.0]}.items():
+        for k, a in enumerate(accs):
+            _write_fold(tmp_path / name / "5w10s" / f"fold{k}", a, a)
+    rows = [summarize_method(tmp_path / n, n) for n in ("full", "lora", "vpt")]
+    diffs = {d["name"]: d for d in paired_differences(rows, "full", [(5, 10), (10, 20)])}
+    assert set(diffs) == {"lora", "vpt"}  # the reference is not paired with itself
+    lora = diffs["lora"]["5way10shot"]
+    assert lora["mean"] == pytest.approx(1 / 3) and lora["std"] == pytest.approx(np.std([2.0, 0.0, -1.0]))
+    assert (lora["won"], lora["tied"], lora["lost"], lora["n"]) == (1, 1, 1, 3)
+    assert diffs["vpt"]["5way10shot"]["n"] == 2  # only the folds both rows finished
+    assert "10way20shot" not in diffs["lora"]  # a setting neither ran is absent, not zero
+    assert paired_differences(rows, "missing", [(5, 10)]) == []
+    table = format_paired_table(list(diffs.values()), "full", [(5, 10), (10, 20)])
+    assert table.splitlines()[2] == "| lora | +0.3 ± 1.2 (1/1/1) | — |"

@@ -255,6 +255,18 @@ def test_fewshot_and_mhr_rows_are_rebuilt_from_the_ledger(sweep, tmp_path):
     assert "| adapterx |" in text and "| MHR-z |" in text and "30 epochs per fold" in text
 
 
+def test_fewshot_rows_are_paired_within_the_group_that_shares_its_episodes(sweep, tmp_path):
+    for fold, (a, f, p, m) in enumerate([(90.0, 85.0, 60.0, 70.0), (80.0, 80.0, 50.0, 45.0)]):
+        _fold(tmp_path, "adapterx", "5w10s", fold, a)
+        _fold(tmp_path, "full", "5w10s", fold, f)
+        _fold(tmp_path, "mhr_protocol/poly", "5w10s", fold, p)
+        _fold(tmp_path, "mhr_protocol/mhr", "5w10s", fold, m)
+    text = "\n".join(sweep._fewshot_section(tmp_path, {"fewshot": {"epochs": 30}}))
+    assert "| method − full | 5w10s | 10w20s |" in text and "| adapterx | +2.5 ± 2.5 (1/1/0) | — |" in text
+    assert "| method − Poly | 5w10s | 10w20s |" in text and "| MHR | +2.5 ± 7.5 (1/0/1) | — |" in text
+    assert "| MHR | +" in text and "| Poly | +" not in text and "| full | +" not in text  # no cross-group pairs
+
+
 def test_seed_from_ledger_lets_the_fewshot_sweep_skip_recorded_folds(sweep, tmp_path):
     _fold(tmp_path / "ledger", "full", "5w10s", 3, 75.0)
     sweep._seed_from_ledger(tmp_path / "ledger" / "fewshot" / "full", tmp_path / "runs" / "fewshot" / "full")

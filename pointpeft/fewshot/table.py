@@ -127,6 +127,49 @@ def format_table(rows: Sequence[Mapping[str, Any]], expected_folds: int | None =
     return "\n".join(lines) + "\n"
 
 
+def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str,
+                       settings: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Each row's per-fold accuracy minus ``reference``'s on the same folds (the rows must share their episodes:
+    one sweep's folds root). A fold's spread is mostly the episode's difficulty, which pairing cancels, so this
+    separates methods that the mean ± std cells cannot. ``[{name, <key>: {mean, std, n, won, tied, lost}}]``."""
+    ref = next((r for r in rows if r.get("name") == reference), None)
+    if ref is None:
+        return []
+    out = []
+    for r in rows:
+        if r is ref:
+            continue
+        diffs: dict[str, Any] = {"name": r.get("name", "?")}
+        for way, shot in settings:
+            key = setting_key(way, shot)
+            mine, theirs = (r.get("fewshot") or {}).get(key), (ref.get("fewshot") or {}).get(key)
+            if not mine or not theirs:
+                continue
+            ref_acc = dict(zip(theirs["folds"], theirs["accs"]))
+            d = [a - ref_acc[f] for f, a in zip(mine["folds"], mine["accs"]) if f in ref_acc]
+            if d:
+                mean, std = mean_std(d)
+                diffs[key] = {"mean": mean, "std": std, "n": len(d), "won": sum(x > 0 for x in d),
+                              "tied": sum(x == 0 for x in d), "lost": sum(x < 0 for x in d)}
+        out.append(diffs)
+    return out
+
+
+def format_paired_table(diffs: Sequence[Mapping[str, Any]], reference: str,
+                        settings: Sequence[tuple[int, int]]) -> str:
+    """Markdown of :func:`paired_differences`: ``+2.6 ± 2.2 (8/1/1)`` = mean ± std of the per-fold differences to
+    ``reference`` in points, then the folds won / tied / lost."""
+    lines = [f"| method − {reference} | " + " | ".join(column_name(w, s) for w, s in settings) + " |",
+             "|---|" + "---:|" * len(settings)]
+    for d in diffs:
+        cells = []
+        for w, s in settings:
+            c = d.get(setting_key(w, s))
+            cells.append(f"{c['mean']:+.1f} ± {c['std']:.1f} ({c['won']}/{c['tied']}/{c['lost']})" if c else "—")
+        lines.append(f"| {d['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def collect_summaries(fewshot_dir: str | Path) -> list[dict[str, Any]]:
     """Every ``<fewshot_dir>/*/fewshot.json`` summary (one per method / protocol row), sorted by name."""
     rows = []
