@@ -395,9 +395,10 @@ def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt:
 
 def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:
     """--plan for the few-shot step: folds finished and left per method and setting, with an estimate from the
-    ledger's finished folds of that setting (any method; the main table's s/epoch scaled when there are none)."""
+    ledger's finished folds of that setting (any method; the main table's s/epoch scaled when there are none).
+    MHR's rows add their multi-task inventories, which a fresh clone trains again (the ledger keeps no weights)."""
     per_epoch, fold_minutes = epoch_minutes(table_root), finished_fold_minutes(table_root)
-    left_min, left_n = 0.0, 0
+    left_min, left_n, inventories = 0.0, 0, "none needed"
     for method in fewshot_steps(args):
         entry = table_root / "fewshot" / _fewshot_name(method)
         by_setting: dict[str, list[Path]] = {}
@@ -410,8 +411,20 @@ def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:
             left_n += len(todo)
             print(f"{'finished' if not todo else 'to run':12s} fewshot/{_fewshot_name(method)}/{setting:40s} "
                   f"{len(rels) - len(todo)}/{len(rels)} folds  {f'~{fold_min * len(todo):.0f} min' if todo else ''}")
-    print(f"{left_n} few-shot folds left, ~{left_min / 60:.1f} h of this machine (MHR's two multi-task inventories "
-          "not counted)")
+        if method == MHR_PROTOCOL and any(not is_finished(entry / r) for r in fewshot_folds(method)):
+            recorded = inventory_minutes(entry)
+            left_min += recorded or 0.0
+            inventories = (f"MHR's multi-task inventories ~{recorded:.0f} min, as the ledger recorded them" if recorded
+                           else "MHR's two multi-task inventories not counted: none recorded yet")
+    print(f"{left_n} few-shot folds left, ~{left_min / 60:.1f} h of this machine ({inventories})")
+
+
+def inventory_minutes(entry: Path) -> float | None:
+    """Minutes the MHR protocol's recorded multi-task inventories took together (their ``results.json`` in the
+    ledger), or None when none is recorded."""
+    times = [json.loads((d / "results.json").read_text()).get("elapsed_s") or 0.0
+             for d in sorted(entry.glob("multitask_*")) if is_finished(d)]
+    return sum(times) / 60 if times else None
 
 
 def finished_fold_minutes(table_root: Path) -> dict[str, float]:

@@ -396,6 +396,15 @@ def test_plan_counts_the_fewshot_folds_left(sweep, tmp_path, capsys):
     assert "to run       fewshot/linear/10w20s" in out and "0/10 folds" in out
     assert "fewshot/mhr_protocol/mhr_z/10w20s" in out
     assert "90 few-shot folds left" in out  # linear's 10w20s + 4 MHR modes x 2 settings x 10
+    assert "inventories not counted: none recorded yet" in out
+    for mode, seconds in (("poly", 300.0), ("mhr", 420.0)):  # recorded inventories: a fresh clone trains them again
+        d = ledger / "fewshot" / "mhr_protocol" / f"multitask_{mode}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"status": "finished", "elapsed_s": seconds, "params": {"trainable": 5},
+                                                    "last": {"val_acc": 90.0}, "best": {"acc": 90.0}}))
+    assert sweep.inventory_minutes(ledger / "fewshot" / "mhr_protocol") == 12.0
+    sweep.main(["--ledger", str(ledger), "--plan", "--fewshot", "linear", "--data-root", "root"])
+    assert "MHR's multi-task inventories ~12 min, as the ledger recorded them" in capsys.readouterr().out
 
 
 def test_skip_mhr_leaves_the_mhr_rows_for_a_later_fewshot_invocation(sweep, tmp_path, monkeypatch, capsys):
