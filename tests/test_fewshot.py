@@ -308,3 +308,32 @@ def test_paired_differences_subtract_the_reference_fold_by_fold(tmp_path: Path) 
     assert paired_differences(rows, "missing", [(5, 10)]) == []
     table = format_paired_table(list(diffs.values()), "full", [(5, 10), (10, 20)])
     assert table.splitlines()[2] == "| lora | +0.3 ± 1.2 (1/1/1) | — |"
+
+
+def test_mhr_heldout_classes_are_drawn_among_classes_every_setting_can_use() -> None:
+    from pointpeft.fewshot.mhr_protocol import episode_eligible_classes, split_classes
+    from pointpeft.fewshot.options import FewShotOptions, MhrProtocolOptions
+
+    labels = np.repeat(np.arange(12), 30)
+    mopts = MhrProtocolOptions(heldout_classes=3, num_tasks=3, classes_per_task=3, seed=4)
+    order = np.random.default_rng(np.random.SeedSequence([4, 7919])).permutation(np.arange(12)).tolist()
+    heldout, tasks = split_classes(labels, mopts)
+    assert heldout == sorted(order[:3])  # every class eligible: the plain first-k draw of earlier ledgers
+    assert tasks == [sorted(order[3 + 3 * i:6 + 3 * i]) for i in range(3)]
+
+    # the real ModelNet40 case: a withheld slice leaves some classes 16 test clouds, below 20 queries
+    query_labels = np.concatenate([np.repeat(np.arange(12), 20), np.repeat(np.arange(6), 5)])
+    query_labels = query_labels[~np.isin(query_labels, order[:2]) | (np.arange(len(query_labels)) % 2 == 0)]
+    opts = FewShotOptions(shot=[10, 20], query=20)
+    eligible = episode_eligible_classes(labels, query_labels, opts)
+    assert eligible == sorted(set(range(12)) - set(order[:2]))  # 10 or fewer test clouds left for two classes
+    heldout, tasks = split_classes(labels, mopts, eligible)
+    assert set(heldout) <= set(eligible) and len(heldout) == 3
+    assert heldout == sorted([c for c in order if c in eligible][:3])
+    assert not set(heldout) & {c for t in tasks for c in t} and all(len(t) == 3 for t in tasks)
+    assert set(order[:2]) <= {c for t in tasks for c in t}  # a class too small to hold out still trains a task
+    # queries from the rest of the training clouds: shot + query training clouds needed
+    assert episode_eligible_classes(labels, None, FewShotOptions(shot=[10], query=20)) == list(range(12))
+    assert episode_eligible_classes(labels, None, FewShotOptions(shot=[20], query=20)) == []
+    with pytest.raises(ConfigError, match=r"fewshot\.mhr\.heldout_classes: 3 held-out classes, but only 2"):
+        split_classes(labels, mopts, eligible[:2])

@@ -59,18 +59,39 @@ TRAINED_WITH = {"poly": "poly", "mhr": "mhr", "mhr_z": "mhr", "mhr_mu": "mhr"}
 
 # -- class split ---------------------------------------------------------------------------------------------------
 
-def split_classes(labels: np.ndarray, mopts: MhrProtocolOptions) -> tuple[list[int], list[list[int]]]:
-    """(held-out classes, training tasks as lists of classes): disjoint, drawn with ``mopts.seed``."""
+def split_classes(labels: np.ndarray, mopts: MhrProtocolOptions,
+                  eligible: Sequence[int] | None = None) -> tuple[list[int], list[list[int]]]:
+    """(held-out classes, training tasks as lists of classes): disjoint, drawn with ``mopts.seed``. The held-out
+    classes are the first ``eligible`` ones of the seeded class order (``eligible``: classes with clouds enough for
+    every requested episode, :func:`episode_eligible_classes`; None = every class), the tasks the next classes of
+    that order; with every class eligible the draw is the plain first-k split."""
     classes = np.unique(labels)
     need = mopts.heldout_classes + mopts.num_tasks * mopts.classes_per_task
     if need > len(classes):
         raise ConfigError(f"fewshot.mhr: {mopts.heldout_classes} held-out + {mopts.num_tasks} tasks x "
                           f"{mopts.classes_per_task} classes = {need} classes, the source has {len(classes)}")
+    ok = set(classes.tolist() if eligible is None else (int(c) for c in eligible))
+    if len(ok) < mopts.heldout_classes:
+        raise ConfigError(f"fewshot.mhr.heldout_classes: {mopts.heldout_classes} held-out classes, but only "
+                          f"{len(ok)} classes hold clouds enough for the requested episodes: {sorted(ok)}")
     order = np.random.default_rng(np.random.SeedSequence([mopts.seed, 7919])).permutation(classes).tolist()
-    heldout = sorted(order[: mopts.heldout_classes])
-    rest = order[mopts.heldout_classes:need]
+    heldout = [c for c in order if c in ok][: mopts.heldout_classes]
+    rest = [c for c in order if c not in heldout][: need - mopts.heldout_classes]
     tasks = [sorted(rest[i * mopts.classes_per_task:(i + 1) * mopts.classes_per_task]) for i in range(mopts.num_tasks)]
-    return heldout, tasks
+    return sorted(heldout), tasks
+
+
+def episode_eligible_classes(train_labels: np.ndarray, query_labels: np.ndarray | None,
+                             opts: FewShotOptions) -> list[int]:
+    """Classes that can be drawn for every requested episode setting: the largest shot of support clouds and
+    ``opts.query`` query clouds (from ``query_labels``, the test split; from the rest of the training clouds when
+    None), the rule of :func:`pointpeft.data.fewshot.generate_fewshot_folds`. A held-out class below it would make
+    the larger settings impossible after the inventories are trained."""
+    shot = max(opts.shot)
+    need_train = shot if query_labels is not None else shot + opts.query
+    return [int(c) for c in np.unique(train_labels)
+            if (train_labels == c).sum() >= need_train
+            and (query_labels is None or (query_labels == c).sum() >= opts.query)]
 
 
 class ClassSubset(Dataset):
@@ -371,7 +392,10 @@ def run_mhr_protocol(cfg: Config, opts: FewShotOptions, root: str | Path = "expe
                           f"heldout_classes >= {max(opts.way)}, got {mopts.heldout_classes}")
     node = {k: v for k, v in dict(source).items() if k != "split"}
     train_set = build_dataset({**node, "split": "train"})
-    heldout, tasks = split_classes(np.asarray(train_set.labels), mopts)
+    query_set = build_dataset({**node, "split": "test"}) if opts.query_from == "test" else None
+    eligible = episode_eligible_classes(np.asarray(train_set.labels),
+                                        None if query_set is None else np.asarray(query_set.labels), opts)
+    heldout, tasks = split_classes(np.asarray(train_set.labels), mopts, eligible)
     names = list(getattr(train_set, "classes", []))
     log.info("held-out classes %s; %d training tasks %s", [names[c] for c in heldout] if names else heldout,
              len(tasks), tasks)
@@ -379,8 +403,10 @@ def run_mhr_protocol(cfg: Config, opts: FewShotOptions, root: str | Path = "expe
     fs_opts = copy.copy(opts)
     fs_opts.root = str(base / "episodes")  # the unseen task's folds: held-out classes only
 
+    loaded = {"train": train_set, "test": query_set}
+
     def build(split: str) -> Dataset:
-        ds = train_set if split == "train" else build_dataset({**node, "split": split})
+        ds = loaded.get(split) or build_dataset({**node, "split": split})
         return ClassSubset(ds, heldout)
 
     folds_root = ensure_folds(fs_opts, build=build, recipe_extra={"source": node, "heldout_classes": heldout,
