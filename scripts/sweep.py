@@ -389,8 +389,27 @@ def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt:
             if rc != 0:
                 raise SystemExit(f"sweep: few-shot {name} {way}-way {shot}-shot failed with exit code {rc}")
             if entry is not None:  # after each setting, so an interrupted method keeps what finished
-                n = len(record_tree(run_dir, entry))
+                n = len(record_tree(run_dir, entry, skip=_changed_inventories(run_dir, entry)))
                 log.info("recorded %d few-shot runs of %s in the ledger (commit them)", n, name)
+
+
+def _changed_inventories(run_dir: Path, entry: Path) -> list[str]:
+    """MHR inventories trained again in this sitting (the ledger keeps no weights) whose epochs differ from the
+    summary the ledger recorded: the ledger keeps the first summary, and a warning says that the rows now mix
+    folds adapted from two trainings (another CPU kind can round differently). Names relative to ``run_dir``."""
+    def epochs(d: Path) -> list[dict]:
+        res = json.loads((d / "results.json").read_text())
+        return [{k: v for k, v in e.items() if k != "time_s"} for e in res.get("history") or []]
+
+    changed = []
+    for d in sorted(entry.glob("multitask_*")):
+        mine = run_dir / d.name
+        if is_finished(d) and is_finished(mine) and epochs(d) != epochs(mine):
+            changed.append(d.name)
+            log.warning("%s: the inventory trained in this sitting differs from the one the ledger recorded; the "
+                        "ledger keeps the recorded summary, and this sitting's folds adapted from the new one "
+                        "(compare %s with %s)", d.name, mine / "results.json", d / "results.json")
+    return changed
 
 
 def print_fewshot_plan(args: argparse.Namespace, table_root: Path) -> None:

@@ -5,6 +5,7 @@ training subset or the test split, and the search's winners are computed from th
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -383,6 +384,41 @@ def test_the_fewshot_step_skips_what_the_ledger_holds_and_never_copies_an_invent
     assert calls == ["mhr_protocol 5w", "mhr_protocol 10w"]  # linear: all 20 folds recorded, skipped
     assert (runs / "fewshot" / "mhr_protocol" / "poly" / "5w10s" / "fold0" / "results.json").is_file()
     assert not (runs / "fewshot" / "mhr_protocol" / "multitask_poly").exists()
+
+
+def test_a_retrained_inventory_that_differs_keeps_the_ledgers_summary_and_warns(sweep, tmp_path, monkeypatch,
+                                                                                  caplog):
+    ledger, runs = tmp_path / "ledger", tmp_path / "runs"
+
+    def inventory(root: Path, mode: str, val: float, seconds: float) -> Path:
+        d = root / "fewshot" / "mhr_protocol" / f"multitask_{mode}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"status": "finished", "params": {"trainable": 5},
+                                                    "best": {"acc": val}, "last": {"val_acc": val},
+                                                    "history": [{"epoch": 1, "val_acc": val, "time_s": seconds}]}))
+        return d / "results.json"
+
+    recorded_poly, recorded_mhr = inventory(ledger, "poly", 70.0, 40.0), inventory(ledger, "mhr", 71.0, 40.0)
+
+    def fake_main(argv):  # the sitting trains both inventories again: Poly the same epochs, MHR other ones
+        if not (runs / "fewshot" / "mhr_protocol" / "multitask_poly").exists():
+            inventory(runs, "poly", 70.0, 55.0)  # only the wall time differs: the same training
+            inventory(runs, "mhr", 69.5, 40.0)
+        _fold(runs, "mhr_protocol/mhr", argv[argv.index("--way") + 1] + "w" + argv[argv.index("--shot") + 1] + "s",
+              0, 80.0)
+        return 0
+
+    import pointpeft.fewshot.cli as fewshot_cli
+
+    monkeypatch.setattr(fewshot_cli, "main", fake_main)
+    with caplog.at_level(logging.WARNING):
+        sweep.run_fewshot(_fewshot_args(sweep, use_search=False, fewshot=[]), runs, ledger, "ckpt.pth",
+                          {"amp": "fp32"})
+    assert json.loads(recorded_mhr.read_text())["history"][0]["val_acc"] == 71.0  # the ledger's first summary
+    assert json.loads(recorded_poly.read_text())["history"][0]["time_s"] == 55.0  # same training: recorded again
+    assert "multitask_mhr: the inventory trained in this sitting differs" in caplog.text
+    assert "multitask_poly" not in caplog.text
+    assert (ledger / "fewshot" / "mhr_protocol" / "mhr" / "10w20s" / "fold0" / "results.json").is_file()
 
 
 def test_plan_counts_the_fewshot_folds_left(sweep, tmp_path, capsys):

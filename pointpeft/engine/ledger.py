@@ -9,7 +9,7 @@ and plot is built from the ledger, so anyone can rebuild them from the repositor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pointpeft.errors import DataError
@@ -54,11 +54,14 @@ def record_run(run_dir: Path, entry: Path) -> Path:
     return entry
 
 
-def record_tree(run_root: Path, entry_root: Path) -> list[Path]:
-    """Record every finished run folder below ``run_root`` (a few-shot method's folds) at the same relative path."""
+def record_tree(run_root: Path, entry_root: Path, skip: Sequence[str] = ()) -> list[Path]:
+    """Record every finished run folder below ``run_root`` (a few-shot method's folds) at the same relative path;
+    folders below a top-level name in ``skip`` are left as the ledger has them."""
     run_root, entry_root = Path(run_root), Path(entry_root)
     out = []
     for f in sorted(run_root.rglob("results.json")):
+        if f.parent.relative_to(run_root).parts[:1] in {(name,) for name in skip}:
+            continue
         if entry_status(f.parent) == "finished":
             out.append(record_run(f.parent, entry_root / f.parent.relative_to(run_root)))
     return out
