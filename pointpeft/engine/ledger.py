@@ -60,10 +60,11 @@ def record_tree(run_root: Path, entry_root: Path, skip: Sequence[str] = ()) -> l
     run_root, entry_root = Path(run_root), Path(entry_root)
     out = []
     for f in sorted(run_root.rglob("results.json")):
-        if f.parent.relative_to(run_root).parts[:1] in {(name,) for name in skip}:
+        rel = f.parent.relative_to(run_root)
+        if rel.parts and rel.parts[0] in skip:
             continue
         if entry_status(f.parent) == "finished":
-            out.append(record_run(f.parent, entry_root / f.parent.relative_to(run_root)))
+            out.append(record_run(f.parent, entry_root / rel))
     return out
 
 
