@@ -508,13 +508,20 @@ def _paired_lines(rows: list[dict]) -> list[str]:
 
 
 def fewshot_recipes(table_root: Path) -> dict[str, str]:
-    """{method: "lr X, warm-up W epoch(s)"} as its finished folds' own configs ran (not as the budget meant them):
-    the lr is the family's searched one under --use-search, and a method whose folds differ lists each value."""
-    out: dict[str, str] = {}
+    """{row: "lr X, warm-up W epoch(s)"} as its finished folds' own configs ran (not as the budget meant them):
+    the lr is the family's searched one under --use-search, MHR's protocol rows keep their config's (MHR-z its
+    own), and a row whose folds differ lists each value."""
+    from pointpeft.fewshot.mhr_protocol import ROW_NAMES
+
     base = table_root / "fewshot"
+    dirs: list[tuple[str, Path]] = []
     for d in sorted(base.iterdir()) if base.is_dir() else ():
-        if d.name == "mhr_protocol" or not d.is_dir():
-            continue
+        if d.name == "mhr_protocol":
+            dirs += [(label, d / mode) for mode, label in ROW_NAMES.items()]
+        elif d.is_dir():
+            dirs.append((d.name, d))
+    out: dict[str, str] = {}
+    for name, d in dirs:
         seen: dict[str, None] = {}
         for fold in d.glob("*/fold*"):
             if is_finished(fold):
@@ -523,7 +530,7 @@ def fewshot_recipes(table_root: Path) -> dict[str, str]:
                 warm = (cfg.get("scheduler") or {}).get("warmup_epochs")
                 seen[f"lr {lr:g}, warm-up {warm}" if isinstance(lr, (int, float)) else f"lr {lr}, warm-up {warm}"] = None
         if seen:
-            out[d.name] = " / ".join(sorted(seen))
+            out[name] = " / ".join(sorted(seen))
     return out
 
 
@@ -538,7 +545,9 @@ def _fewshot_section(table_root: Path, budget: dict) -> list[str]:
             f"N-way K-shot episodes generated from the ModelNet40 training split (20 queries per class from the test "
             f"split), {fs.get('epochs', '?')} epochs per fold (CPU-sized; the originals train 150), last-epoch query "
             "accuracy, mean ± std over the finished folds (the cell says how many). The MHR rows follow MHR's "
-            "cross-task protocol (inventory trained on disjoint class subsets, adapted on unseen classes); its "
+            "cross-task protocol (inventory trained on disjoint class subsets, adapted on held-out classes drawn "
+            "among those with clouds enough for every setting); their episodes are the held-out classes', so they "
+            "compare with Poly, not with the rows above. Its "
             f"multi-task phase is CPU-sized too: {fs.get('mhr_epochs', '?')} epochs on "
             f"{fs.get('mhr_per_class', '?')} training clouds per class (MHR trains 100 epochs on all).", "",
             "Recipe of each row, read from its folds' configs: "

@@ -240,6 +240,11 @@ def test_the_fewshot_header_states_each_rows_recipe_from_its_folds(sweep, tmp_pa
         res.write_text(json.dumps({**json.loads(res.read_text()),
                                    "config": {"optimizer": {"lr": lr}, "scheduler": {"warmup_epochs": 1}}}))
     assert sweep.fewshot_recipes(tmp_path) == {"linear": "lr 0.002, warm-up 1"}
+    _fold(tmp_path, "mhr_protocol/mhr_z", "5w10s", 0, 60.0)  # a protocol row: its own lr, under its row name
+    res = tmp_path / "fewshot" / "mhr_protocol" / "mhr_z" / "5w10s" / "fold0" / "results.json"
+    res.write_text(json.dumps({**json.loads(res.read_text()),
+                               "config": {"optimizer": {"lr": 1e-2}, "scheduler": {"warmup_epochs": 1}}}))
+    assert sweep.fewshot_recipes(tmp_path) == {"linear": "lr 0.002, warm-up 1", "MHR-z": "lr 0.01, warm-up 1"}
     section = "\n".join(sweep._fewshot_section(tmp_path, {"fewshot": {"epochs": 30}}))
     assert "30 epochs per fold" in section and "linear: lr 0.002, warm-up 1" in section
     assert "| method | 5w10s | 10w20s |" in section  # the sweep's two settings, not the configs' product
