@@ -469,20 +469,28 @@ def _fold_minutes(setting: str, method: str, per_epoch: dict[str, float], fold_m
     return epochs * base * (way * shot + way * 20 / 3) / 2000
 
 
-def fewshot_rows(table_root: Path) -> list[dict]:
-    """Few-shot rows rebuilt from the ledger's fold folders (mean ± std over folds, last epoch). MHR's protocol
-    rows carry ``protocol: mhr``: their episodes are the held-out classes', not the other rows'."""
+def fewshot_row_dirs(table_root: Path) -> list[tuple[str, Path, str | None]]:
+    """(row name, fold folder root, protocol) of every few-shot row in the ledger: one per method folder, one per
+    MHR protocol mode (``protocol: mhr``; their episodes are the held-out classes', not the other rows')."""
     from pointpeft.fewshot.mhr_protocol import ROW_NAMES
-    from pointpeft.fewshot.table import summarize_method
 
     base = table_root / "fewshot"
-    rows = []
+    out: list[tuple[str, Path, str | None]] = []
     for d in sorted(base.iterdir()) if base.is_dir() else ():
         if d.name == "mhr_protocol":
-            rows += [summarize_method(d / mode, label, extra={"protocol": "mhr"})
-                     for mode, label in ROW_NAMES.items() if (d / mode).is_dir()]
+            out += [(label, d / mode, "mhr") for mode, label in ROW_NAMES.items() if (d / mode).is_dir()]
         elif d.is_dir():
-            rows.append(summarize_method(d, d.name))
+            out.append((d.name, d, None))
+    return out
+
+
+def fewshot_rows(table_root: Path) -> list[dict]:
+    """Few-shot rows rebuilt from the ledger's fold folders (mean ± std over folds, last epoch); MHR's protocol
+    rows carry ``protocol: mhr``."""
+    from pointpeft.fewshot.table import summarize_method
+
+    rows = [summarize_method(d, name, extra={"protocol": protocol} if protocol else None)
+            for name, d, protocol in fewshot_row_dirs(table_root)]
     return [r for r in rows if r["fewshot"]]
 
 
@@ -511,17 +519,8 @@ def fewshot_recipes(table_root: Path) -> dict[str, str]:
     """{row: "lr X, warm-up W epoch(s)"} as its finished folds' own configs ran (not as the budget meant them):
     the lr is the family's searched one under --use-search, MHR's protocol rows keep their config's (MHR-z its
     own), and a row whose folds differ lists each value."""
-    from pointpeft.fewshot.mhr_protocol import ROW_NAMES
-
-    base = table_root / "fewshot"
-    dirs: list[tuple[str, Path]] = []
-    for d in sorted(base.iterdir()) if base.is_dir() else ():
-        if d.name == "mhr_protocol":
-            dirs += [(label, d / mode) for mode, label in ROW_NAMES.items()]
-        elif d.is_dir():
-            dirs.append((d.name, d))
     out: dict[str, str] = {}
-    for name, d in dirs:
+    for name, d, _ in fewshot_row_dirs(table_root):
         seen: dict[str, None] = {}
         for fold in d.glob("*/fold*"):
             if is_finished(fold):
