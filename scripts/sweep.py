@@ -386,11 +386,12 @@ def run_fewshot(args: argparse.Namespace, root: Path, ledger: Path | None, ckpt:
             _seed_from_ledger(entry, run_dir)
         for way, shot in FEWSHOT_SETTINGS:
             rc = fewshot_main(fewshot_argv(args, method, root, ckpt, budget, winners, way, shot))
-            if rc != 0:
-                raise SystemExit(f"sweep: few-shot {name} {way}-way {shot}-shot failed with exit code {rc}")
-            if entry is not None:  # after each setting, so an interrupted method keeps what finished
-                n = len(record_tree(run_dir, entry, skip=_changed_inventories(run_dir, entry)))
+            if entry is not None:  # after each setting, and when one stops early (Ctrl-C, kill, a failed fold):
+                n = len(record_tree(run_dir, entry, skip=_changed_inventories(run_dir, entry)))  # keep what finished
                 log.info("recorded %d few-shot runs of %s in the ledger (commit them)", n, name)
+            if rc != 0:
+                raise SystemExit(f"sweep: few-shot {name} {way}-way {shot}-shot failed with exit code {rc}"
+                                 + ("; its finished folds are in the ledger" if entry is not None else ""))
 
 
 def _changed_inventories(run_dir: Path, entry: Path) -> list[str]:

@@ -60,3 +60,23 @@ def test_quiet_silences_the_console_not_the_run_log(tmp_path: Path, capfd) -> No
     assert "run folder:" in first and "done: best" in first
     assert str(runs / "seed1") not in first  # each seed's log has its own run only
     assert "run folder:" in second and "done: best" in second
+
+
+def test_sigterm_stops_a_guarded_run_as_ctrl_c_does_and_the_old_handler_comes_back() -> None:
+    import logging
+    import signal
+
+    from pointpeft.utils.cli import EXIT_INTERRUPTED, run_guarded
+
+    before = signal.getsignal(signal.SIGTERM)
+    reached = []
+
+    def work() -> str:
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill PID` sends a background sweep
+        reached.append("after the signal")
+        return "done"
+
+    result, rc = run_guarded(work, logging.getLogger("test"), "stopped")
+    assert (result, rc, reached) == (None, EXIT_INTERRUPTED, [])
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert run_guarded(lambda: "done", logging.getLogger("test")) == ("done", 0)

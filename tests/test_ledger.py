@@ -426,6 +426,25 @@ def test_a_retrained_inventory_that_differs_keeps_the_ledgers_summary_and_warns(
     assert (ledger / "fewshot" / "mhr_protocol" / "mhr" / "10w20s" / "fold0" / "results.json").is_file()
 
 
+def test_a_fewshot_setting_that_stops_early_still_records_its_finished_folds(sweep, tmp_path, monkeypatch):
+    ledger, runs = tmp_path / "ledger", tmp_path / "runs"
+
+    def fake_main(argv):  # two folds finish, then the sitting is stopped (Ctrl-C or kill: exit code 130)
+        for k in (0, 1):
+            _fold(runs, "linear", "5w10s", k, 70.0 + k)
+        return 130
+
+    import pointpeft.fewshot.cli as fewshot_cli
+
+    monkeypatch.setattr(fewshot_cli, "main", fake_main)
+    with pytest.raises(SystemExit, match="exit code 130; its finished folds are in the ledger"):
+        sweep.run_fewshot(_fewshot_args(sweep, use_search=False, skip_mhr=True), runs, ledger, "ckpt.pth",
+                          {"amp": "fp32"})
+    for k in (0, 1):
+        assert (ledger / "fewshot" / "linear" / "5w10s" / f"fold{k}" / "results.json").is_file()
+    assert not (ledger / "fewshot" / "linear" / "10w20s").exists()  # the next setting never started
+
+
 def test_plan_counts_the_fewshot_folds_left(sweep, tmp_path, capsys):
     ledger = tmp_path / "ledger"
     for k in range(10):
