@@ -335,12 +335,21 @@ def test_git_commit_is_dirty_for_code_changes_but_not_for_the_ledger(tmp_path):
     (tmp_path / "results" / "budget.json").write_text("{}\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.py").write_text("b = 1\n")
+    (tmp_path / "docs").mkdir()
+    for name in ("results.md", "results_params.png", "design-notes.md"):
+        (tmp_path / "docs" / name).write_text("old\n")
     git("add", ".")
     git("commit", "-q", "-m", "start")
     clean = git_commit(tmp_path / "sub")
     assert clean and not clean.endswith("-dirty")
     (tmp_path / "results" / "budget.json").write_text('{"methods": ["pointgst"]}\n')
     assert git_commit(tmp_path / "sub") == clean, "a ledger update is not a code change"
+    for name in ("results.md", "results_params.png"):  # the table and plots an earlier invocation rewrote
+        (tmp_path / "docs" / name).write_text("new\n")
+    assert git_commit(tmp_path / "sub") == clean, "the sweep's own table is not a code change"
+    (tmp_path / "docs" / "design-notes.md").write_text("new\n")
+    assert git_commit(tmp_path / "sub") == clean + "-dirty"
+    git("checkout", "--", "docs/design-notes.md")
     (tmp_path / "code.py").write_text("a = 2\n")
     assert git_commit(tmp_path / "sub") == clean + "-dirty"
 

@@ -53,8 +53,9 @@ def prepare_run_dir(path: Path, *, explicit_name: bool, overwrite: bool) -> Path
 
 
 #: tracked paths that are run outputs, not code: the results ledger, which the sweep itself updates (its budget.json)
-#: before a run starts, so a change there does not make the run's code "dirty"
-NOT_CODE = ("results",)
+#: before a run starts, and the table and plots the sweep writes from it when an invocation ends (so the next
+#: invocation of a chain starts beside them uncommitted); a change there does not make a run's code "dirty"
+NOT_CODE = ("results", "docs/results.md", "docs/results_*.png")
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
